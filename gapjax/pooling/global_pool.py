@@ -1,0 +1,1027 @@
+"""Global pooling: one value per channel from a whole feature map.
+
+Every function here reduces the spatial axes of ``x`` and shares these keyword-only arguments:
+
+- ``data_format``: "channels_last" (default; ``(batch, *spatial, channels)``) or "channels_first"
+  (``(batch, channels, *spatial)``), with 1, 2 or 3 spatial axes.
+- ``axis``: explicit axes to pool, overriding ``data_format``: any layout, any number of leading
+  axes, unbatched input.
+- ``keepdims``: keep the pooled axes with size 1.
+- ``mask``: boolean (or 0/1) array; True marks the positions to pool. With ``data_format`` it has
+  the shape ``(batch, *spatial)`` or anything that broadcasts to it (right-aligned, NumPy rules),
+  or the full shape of ``x`` for a per-channel mask; with ``axis`` it broadcasts against ``x``.
+- ``fill_value``: the result where every position is masked out (default 0). Never NaN unless
+  you ask for it, and never an error inside jit.
+
+Numerics: float16/bfloat16 inputs accumulate in float32 and return their own dtype; integer input
+to a mean-like pool returns JAX's default float dtype (max, min and sum keep integer dtypes). A
+NaN at an unmasked position makes that output NaN (as in PyTorch); masked positions never leak NaN
+or inf into the result or its gradient. Gradients are finite for all-masked rows (zero).
+
+Every function is compiled with ``jax.jit`` (settings such as ``axis``, ``data_format`` and ``k``
+are static) and works under ``jax.grad``, ``jax.vmap`` and a user's own ``jax.jit``. Invalid
+arguments raise ValueError at trace time, naming the argument and the shapes.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, ArrayLike, Float, Shaped
+
+from gapjax.pooling import _kernels
+from gapjax.pooling._common import (
+    Layout,
+    accum_dtype,
+    any_valid,
+    as_array,
+    broadcast_sum,
+    check_finite,
+    check_positive,
+    check_unit_interval,
+    finish,
+    float_dtype,
+    highest,
+    lowest,
+    pooling_function,
+    prepare_mask,
+    prepare_param,
+    prepare_weights,
+    propagate_nan,
+    resolve_layout,
+    safe_divide,
+    safe_root,
+)
+
+__all__ = [
+    "attention_pool",
+    "avgmax_pool",
+    "catavgmax_pool",
+    "gem_pool",
+    "global_avg_pool",
+    "global_lp_pool",
+    "global_max_pool",
+    "global_min_pool",
+    "global_stochastic_pool",
+    "global_sum_pool",
+    "lse_pool",
+    "mixed_pool",
+    "soft_pool",
+    "topk_pool",
+    "weighted_avg_pool",
+]
+
+_LAYOUT_ARGS = ("axis", "data_format", "keepdims")
+
+Input = Shaped[ArrayLike, "..."]
+Mask = Shaped[ArrayLike, "..."] | None
+Param = float | Shaped[ArrayLike, "..."]
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks shared by the public functions (x already converted, layout resolved).
+# --------------------------------------------------------------------------------------------
+
+
+def _setup(x: Any, fn: str, axis, data_format, mask) -> tuple[jax.Array, Layout, Any]:
+    """Converts x, resolves the layout and the mask.
+
+    Masked positions of x are replaced by 0 here, before any nonlinearity: a NaN or inf there
+    would otherwise leak into gradients (0 * NaN) even though the forward pass ignores it.
+    """
+    x = as_array(x, fn)
+    layout = resolve_layout(x.shape, axis=axis, data_format=data_format, fn=fn)
+    mask = prepare_mask(mask, layout, fn)
+    if mask is not None:
+        x = jnp.where(mask, x, jnp.zeros((), x.dtype))
+    return x, layout, mask
+
+
+def _kernel_input(x: jax.Array) -> jax.Array:
+    """Floats go to the fast kernels as they are (they accumulate in float32); others are cast."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(accum_dtype(x.dtype))
+
+
+def _sum(x: jax.Array, mask, layout: Layout) -> jax.Array:
+    """Sum over the pooled axes in the accumulation dtype."""
+    if mask is None:
+        return _kernels.spatial_sum(_kernel_input(x), layout.axes)
+    x = x.astype(accum_dtype(x.dtype))
+    return jnp.sum(jnp.where(mask, x, 0), axis=layout.axes)
+
+
+def _mean(x: jax.Array, mask, layout: Layout) -> jax.Array:
+    """Mean over the unmasked positions in the accumulation dtype (0 where none)."""
+    if mask is None:
+        return _kernels.spatial_mean(_kernel_input(x), layout.axes)
+    x = x.astype(accum_dtype(x.dtype))
+    total = jnp.sum(jnp.where(mask, x, 0), axis=layout.axes)
+    return safe_divide(total, broadcast_sum(mask, layout, x.dtype))
+
+
+def _max(x: jax.Array, mask, layout: Layout) -> jax.Array:
+    if mask is None:
+        return _kernels.spatial_max(x, layout.axes)
+    return jnp.max(jnp.where(mask, x, lowest(x.dtype)), axis=layout.axes)
+
+
+def _min(x: jax.Array, mask, layout: Layout) -> jax.Array:
+    if mask is None and jnp.issubdtype(x.dtype, jnp.floating):
+        return -_kernels.spatial_max(-x, layout.axes)
+    if mask is not None:
+        x = jnp.where(mask, x, highest(x.dtype))
+    return jnp.min(x, axis=layout.axes)
+
+
+def _shift(x: jax.Array, mask, layout: Layout) -> jax.Array:
+    """The max over unmasked positions (keepdims), 0 where it is not finite; no gradient."""
+    m = jnp.expand_dims(_max(x, mask, layout), layout.axes)
+    return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+
+
+def _scale(magnitude: jax.Array, mask, layout: Layout) -> jax.Array:
+    """The largest finite positive magnitude (keepdims; 1 if none), held out of the gradient.
+
+    Power means are homogeneous: ``(mean x^p)^(1/p) = s (mean (x/s)^p)^(1/p)`` for any s > 0, so
+    dividing by the maximum keeps ``x^p`` from overflowing (2^200 is inf in float32) without
+    changing the value or the gradient.
+    """
+    s = _shift(magnitude, mask, layout)
+    return jnp.where(s > 0, s, 1)
+
+
+def _to_sites(v: jax.Array, layout: Layout) -> jax.Array:
+    """Moves the pooled axes last and flattens them: ``out_shape + (positions,)``."""
+    v = jnp.broadcast_to(v, layout.shape)
+    ends = tuple(range(layout.ndim - len(layout.axes), layout.ndim))
+    return jnp.moveaxis(v, layout.axes, ends).reshape((*layout.out_shape, layout.size))
+
+
+def _weighted_mean(x: jax.Array, w: jax.Array, mask, layout: Layout) -> tuple[jax.Array, Any]:
+    """sum(w x) / sum(w) over unmasked positions, and where sum(w) != 0."""
+    terms = w * x
+    if mask is not None:
+        terms = jnp.where(mask, terms, 0)
+        w = jnp.where(mask, w, 0)
+    den = broadcast_sum(w, layout, x.dtype)
+    den = jnp.broadcast_to(den, layout.out_shape)
+    return safe_divide(jnp.sum(terms, axis=layout.axes), den), den != 0
+
+
+def _shared_doc(fn):
+    fn.__doc__ = fn.__doc__.replace("{shared}", _SHARED_ARGS)
+    return fn
+
+
+_SHARED_ARGS = """axis: spatial axes to pool, overriding ``data_format`` (any layout).
+    data_format: "channels_last" ``(batch, *spatial, channels)`` or "channels_first"
+      ``(batch, channels, *spatial)``; 1-3 spatial axes.
+    keepdims: keep the pooled axes with size 1.
+    mask: True (or 1) marks positions to pool; broadcasts to ``(batch, *spatial)``, or to
+      ``x.shape`` for a per-channel mask (with ``axis``: against ``x``).
+    fill_value: result where every position is masked out."""
+
+
+def _api(*static: str, checks=None):
+    """Public pooling function: shared docs, jit with the layout arguments static, checks."""
+
+    def decorate(fn):
+        return pooling_function(static=_LAYOUT_ARGS + static, checks=checks or {})(_shared_doc(fn))
+
+    return decorate
+
+
+# --------------------------------------------------------------------------------------------
+# Simple reducers.
+# --------------------------------------------------------------------------------------------
+
+
+@_api()
+def global_avg_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Global average pooling (GAP), the head of Network In Network.
+
+    ``y = sum_i m_i x_i / sum_i m_i`` over the spatial positions i of each channel (``m = 1``
+    without a mask).
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      ``(batch, channels)`` for ``(batch, *spatial, channels)`` input (pooled axes removed), in
+      x's float dtype (JAX's default float for integer input).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import global_avg_pool
+      >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)
+      >>> global_avg_pool(x)
+      Array([[3., 4.]], dtype=float32)
+      >>> global_avg_pool(x, mask=jnp.array([[[True, False], [False, False]]]))
+      Array([[0., 1.]], dtype=float32)
+
+    References:
+      Lin, Chen, Yan, "Network In Network", ICLR 2014, arXiv:1312.4400.
+    """
+    x, layout, mask = _setup(x, "global_avg_pool", axis, data_format, mask)
+    out = _mean(x, mask, layout)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api()
+def global_sum_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Shaped[Array, "..."]:
+    """Global sum pooling: ``y = sum_i m_i x_i``.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      The pooled sums, pooled axes removed; floats keep their dtype (float16/bfloat16 summed in
+      float32), integers sum as ``jnp.sum`` does.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import global_sum_pool
+      >>> global_sum_pool(jnp.arange(6.0).reshape(1, 3, 2))
+      Array([[6., 9.]], dtype=float32)
+    """
+    x, layout, mask = _setup(x, "global_sum_pool", axis, data_format, mask)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        out, dtype = _sum(x, mask, layout), x.dtype
+    else:
+        out = jnp.sum(x if mask is None else jnp.where(mask, x, 0), axis=layout.axes)
+        dtype = out.dtype
+    valid = any_valid(mask, layout)
+    return finish(out, layout, valid=valid, fill_value=fill_value, dtype=dtype, keepdims=keepdims)
+
+
+@_api()
+def global_max_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Shaped[Array, "..."]:
+    """Global max pooling (GMP): ``y = max_i x_i`` over unmasked positions.
+
+    The gradient of tied maxima is split equally among them (``jnp.max``'s convention, which keeps
+    the gradient invariant to permuting positions). NaN propagates.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      The maxima, pooled axes removed, in x's dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import global_max_pool
+      >>> x = jnp.array([[[1.0, -2.0], [3.0, -4.0]]])  # (batch=1, length=2, channels=2)
+      >>> global_max_pool(x)
+      Array([[ 3., -2.]], dtype=float32)
+    """
+    x, layout, mask = _setup(x, "global_max_pool", axis, data_format, mask)
+    out = _max(x, mask, layout)
+    valid = any_valid(mask, layout)
+    return finish(out, layout, valid=valid, fill_value=fill_value, dtype=x.dtype, keepdims=keepdims)
+
+
+@_api()
+def global_min_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Shaped[Array, "..."]:
+    """Global min pooling: ``y = min_i x_i`` over unmasked positions (ties share the gradient).
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      The minima, pooled axes removed, in x's dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import global_min_pool
+      >>> global_min_pool(jnp.array([[[1.0, -2.0], [3.0, -4.0]]]))
+      Array([[ 1., -4.]], dtype=float32)
+    """
+    x, layout, mask = _setup(x, "global_min_pool", axis, data_format, mask)
+    out = _min(x, mask, layout)
+    valid = any_valid(mask, layout)
+    return finish(out, layout, valid=valid, fill_value=fill_value, dtype=x.dtype, keepdims=keepdims)
+
+
+# --------------------------------------------------------------------------------------------
+# Power and exponential means.
+# --------------------------------------------------------------------------------------------
+
+
+@_api(checks={"p": check_positive})
+def global_lp_pool(
+    x: Input,
+    p: Param,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Global power-average (LP) pooling, as PyTorch's ``LPPool``: ``y = (sum_i x_i^p)^(1/p)``.
+
+    Like PyTorch, the power is taken of the values themselves, not their absolute values: for
+    the p-norm pass ``jnp.abs(x)``. A negative sum (odd p, negative inputs) gives NaN, as in
+    PyTorch; a zero sum gives 0 with a finite gradient. Computed as
+    ``s (sum (x/s)^p)^(1/p)`` with s the largest magnitude, so, unlike PyTorch, large values
+    or large p do not overflow.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      p: the power, > 0: a scalar or one value per channel (anything that broadcasts to the
+        pooled output's shape).
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import global_lp_pool
+      >>> global_lp_pool(jnp.array([[[3.0], [4.0]]]), 2.0)
+      Array([[5.]], dtype=float32)
+    """
+    x, layout, mask = _setup(x, "global_lp_pool", axis, data_format, mask)
+    acc = accum_dtype(x.dtype)
+    p = prepare_param(p, layout, arg="p", fn="global_lp_pool", dtype=acc)
+    xa = x.astype(acc)
+    scale = _scale(jnp.abs(xa), mask, layout)
+    out = safe_root(_sum((xa / scale) ** p, mask, layout), jnp.squeeze(p, layout.axes))
+    out = out * jnp.squeeze(scale, layout.axes)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api(checks={"p": check_positive, "eps": check_positive})
+def gem_pool(
+    x: Input,
+    p: Param = 3.0,
+    *,
+    eps: float = 1e-6,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Generalized-mean (GeM) pooling: ``y = (mean_i max(x_i, eps)^p)^(1/p)``.
+
+    ``p = 1`` is average pooling and ``p -> inf`` approaches max pooling; the paper learns p
+    (initialized at 3), per layer or per channel. Computed as ``s (mean (x/s)^p)^(1/p)`` with
+    s the maximum, so large p or large activations never overflow.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      p: the power, > 0: a scalar or one value per channel.
+      eps: lower clamp of the inputs, > 0 (keeps the power and its gradient finite).
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import gem_pool
+      >>> gem_pool(jnp.array([[[1.0], [2.0]]]), p=1.0)
+      Array([[1.5]], dtype=float32)
+
+    References:
+      Radenovic, Tolias, Chum, "Fine-tuning CNN Image Retrieval with No Human Annotation",
+      TPAMI 2018, arXiv:1711.02512.
+    """
+    x, layout, mask = _setup(x, "gem_pool", axis, data_format, mask)
+    acc = accum_dtype(x.dtype)
+    p = prepare_param(p, layout, arg="p", fn="gem_pool", dtype=acc)
+    clamped = jnp.maximum(x.astype(acc), eps)
+    scale = _scale(clamped, mask, layout)
+    out = safe_root(_mean((clamped / scale) ** p, mask, layout), jnp.squeeze(p, layout.axes))
+    out = out * jnp.squeeze(scale, layout.axes)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api(checks={"r": check_positive})
+def lse_pool(
+    x: Input,
+    r: Param,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Log-sum-exp pooling: ``y = (1/r) log mean_i exp(r x_i)``.
+
+    Computed stably as ``x_max + (1/r) log1p(mean_i expm1(r (x_i - x_max)))``: large ``r x``
+    never overflows, and small ``r`` keeps full precision (``log``/``exp`` would lose about
+    ``eps / r``). ``r -> 0`` approaches average pooling, ``r -> inf`` max pooling.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      r: the sharpness, > 0: a scalar or one value per channel.
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import lse_pool
+      >>> lse_pool(jnp.array([[[1000.0], [1000.0]]]), 10.0)  # no overflow
+      Array([[1000.]], dtype=float32)
+
+    References:
+      Pinheiro, Collobert, "From Image-level to Pixel-level Labeling with Convolutional
+      Networks", CVPR 2015, arXiv:1411.6228.
+    """
+    x, layout, mask = _setup(x, "lse_pool", axis, data_format, mask)
+    acc = accum_dtype(x.dtype)
+    r = prepare_param(r, layout, arg="r", fn="lse_pool", dtype=acc)
+    xa = x.astype(acc)
+    shift = _shift(xa, mask, layout)
+    # mean(exp(.)) - 1, in (-1, 0]; 0 for an all-masked row, whose result is replaced anyway.
+    mean_expm1 = _mean(jnp.expm1(r * (xa - shift)), mask, layout)
+    out = jnp.squeeze(shift, layout.axes) + jnp.log1p(mean_expm1) / jnp.squeeze(r, layout.axes)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api()
+def soft_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """SoftPool: the softmax-weighted mean ``y = sum_i softmax(x)_i x_i`` of each channel.
+
+    The maximum is subtracted before the exponential (the official CPU code overflows for large
+    activations); positions equal to -inf get zero weight.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import soft_pool
+      >>> soft_pool(jnp.array([[[0.0], [jnp.log(3.0)]]]))  # weights 1/4, 3/4
+      Array([[0.823959]], dtype=float32)
+
+    References:
+      Stergiou, Poppe, Kalliatakis, "Refining activation downsampling with SoftPool", ICCV 2021,
+      arXiv:2101.00440.
+    """
+    x, layout, mask = _setup(x, "soft_pool", axis, data_format, mask)
+    xa = x.astype(accum_dtype(x.dtype))
+    e = jnp.exp(xa - _shift(xa, mask, layout))
+    terms = jnp.where(e == 0, 0, e * xa)
+    if mask is not None:
+        terms, e = jnp.where(mask, terms, 0), jnp.where(mask, e, 0)
+    out = safe_divide(jnp.sum(terms, axis=layout.axes), jnp.sum(e, axis=layout.axes))
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Order statistics and mixtures.
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_k(k: Any, n: int, *, arg: str, fn: str, allow_zero: bool) -> tuple[str, float]:
+    """Validates k: an int is a count in [1 or 0, n], a float a fraction in (0 or [0, 1]."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        if hasattr(k, "dtype") and hasattr(k, "shape") and k.shape == ():
+            k = k.item()
+        else:
+            raise ValueError(
+                f"{fn}: {arg} must be an int (a count) or a float (a fraction), got {k!r}."
+            )
+    if isinstance(k, int):
+        lo = 0 if allow_zero else 1
+        if not lo <= k <= n:
+            raise ValueError(
+                f"{fn}: {arg}={k} is out of range: as a count it must lie in "
+                f"[{lo}, {n}] for {n} pooled positions."
+            )
+        return "count", k
+    if not ((0 <= k <= 1) if allow_zero else (0 < k <= 1)):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(
+            f"{fn}: {arg}={k} is out of range: as a fraction (a float) it must lie "
+            f"in {interval}; pass an int for a count."
+        )
+    return "fraction", k
+
+
+def _k_table(kind: str, k: float, n: int, minimum: int) -> np.ndarray:
+    """Count used for each possible number of valid positions 0..n (a static lookup table).
+
+    Fractions round half to even as WILDCAT's Python ``round(k * n)``, at least ``minimum``;
+    counts are capped at the number of valid positions.
+    """
+    if kind == "count":
+        return np.minimum(k, np.arange(n + 1))
+    return np.array([min(max(round(k * i), minimum), i) for i in range(n + 1)])
+
+
+def _k_rows(kind: str, k: float, n_valid: jax.Array, n: int, minimum: int) -> jax.Array:
+    table = jnp.asarray(_k_table(kind, k, n, minimum), n_valid.dtype)
+    return table[n_valid.astype(jnp.int32)]
+
+
+def _mean_of_first(sorted_v: jax.Array, k_row: jax.Array) -> jax.Array:
+    take = jnp.arange(sorted_v.shape[-1]) < k_row[..., None]
+    return safe_divide(jnp.sum(jnp.where(take, sorted_v, 0), axis=-1), k_row)
+
+
+@_api("k", "k_min", "halve", checks={"alpha": check_finite})
+def topk_pool(
+    x: Input,
+    k: int | float,
+    *,
+    k_min: int | float = 0,
+    alpha: Param = 1.0,
+    halve: bool = False,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Top-k pooling, with WILDCAT's optional negative evidence.
+
+    ``y = mean(k largest x_i) + alpha * mean(k_min smallest x_i)`` (the second term only when
+    ``k_min > 0``). With ``halve=True`` the sum is divided by 2 whenever ``k_min > 0`` and
+    ``alpha != 0``: the convention of the official WILDCAT code, whose paper formula has no
+    halving.
+
+    Counts and fractions: an int is a count, a float a fraction of the (unmasked) positions,
+    rounded half to even as WILDCAT's ``round(k * n)``; ``k`` is at least 1, ``k_min`` may round
+    to 0 (no negative term). With a mask, a count larger than the number of unmasked positions
+    of a row uses all of them. ``top-k(k = n, k_min = 0)`` is average pooling.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      k: number (int, 1..n) or fraction (float, (0, 1]) of largest values to average.
+      k_min: number (int, 0..n) or fraction (float, [0, 1]) of smallest values; 0 disables it.
+      alpha: weight of the smallest values: a scalar or one value per channel.
+      halve: divide by 2 as the official WILDCAT code does (see above).
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import topk_pool
+      >>> x = jnp.array([[[1.0], [5.0], [2.0], [4.0]]])
+      >>> topk_pool(x, 2)  # (5 + 4) / 2
+      Array([[4.5]], dtype=float32)
+      >>> topk_pool(x, 0.5, k_min=1, alpha=0.5, halve=True)  # (4.5 + 0.5 * 1) / 2
+      Array([[2.5]], dtype=float32)
+
+    References:
+      Durand, Mordan, Thome, Cord, "WILDCAT: Weakly Supervised Learning of Deep ConvNets for
+      Image Classification, Pointwise Localization and Segmentation", CVPR 2017.
+    """
+    fn = "topk_pool"
+    x, layout, mask = _setup(x, fn, axis, data_format, mask)
+    n = layout.size
+    k_kind, k_val = _resolve_k(k, n, arg="k", fn=fn, allow_zero=False)
+    m_kind, m_val = _resolve_k(k_min, n, arg="k_min", fn=fn, allow_zero=True)
+    acc = accum_dtype(x.dtype)
+    alpha = jnp.squeeze(prepare_param(alpha, layout, arg="alpha", fn=fn, dtype=acc), layout.axes)
+    flat = _to_sites(x.astype(acc), layout)
+    if mask is None:
+        k_top = int(_k_table(k_kind, k_val, n, 1)[n])
+        k_bot = int(_k_table(m_kind, m_val, n, 0)[n])
+        top = jnp.mean(lax.top_k(flat, k_top)[0], axis=-1)
+        bottom = -jnp.mean(lax.top_k(-flat, k_bot)[0], axis=-1) if k_bot else 0.0
+        has_bottom = jnp.asarray(k_bot > 0)
+    else:
+        valid_flat = _to_sites(mask, layout)
+        n_valid = jnp.sum(valid_flat, axis=-1, dtype=acc)
+        top = _mean_of_first(
+            -jnp.sort(jnp.where(valid_flat, -flat, jnp.inf), axis=-1),
+            _k_rows(k_kind, k_val, n_valid, n, 1),
+        )
+        k_bot_row = _k_rows(m_kind, m_val, n_valid, n, 0)
+        bottom = _mean_of_first(jnp.sort(jnp.where(valid_flat, flat, jnp.inf), axis=-1), k_bot_row)
+        has_bottom = k_bot_row > 0
+    out = top + jnp.where(has_bottom, alpha * bottom, 0)
+    if halve:
+        out = jnp.where(has_bottom & (alpha != 0), out / 2, out)
+    out = propagate_nan(out, x, mask, layout)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api(checks={"alpha": check_unit_interval})
+def mixed_pool(
+    x: Input,
+    alpha: Param = 0.5,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Mixed max-average pooling: ``y = alpha * max_i x_i + (1 - alpha) * mean_i x_i``.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      alpha: the max weight in [0, 1]: a scalar or one value per channel (learned in the paper;
+        a traced value is not range-checked).
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import mixed_pool
+      >>> mixed_pool(jnp.array([[[0.0], [4.0]]]), alpha=0.25)  # 0.25 * 4 + 0.75 * 2
+      Array([[2.5]], dtype=float32)
+
+    References:
+      Lee, Gallagher, Tu, "Generalizing Pooling Functions in Convolutional Neural Networks:
+      Mixed, Gated, and Tree", AISTATS 2016, arXiv:1509.08985.
+    """
+    x, layout, mask = _setup(x, "mixed_pool", axis, data_format, mask)
+    acc = accum_dtype(x.dtype)
+    alpha = jnp.squeeze(
+        prepare_param(alpha, layout, arg="alpha", fn="mixed_pool", dtype=acc), layout.axes
+    )
+    xa = x.astype(acc)
+    out = alpha * _max(xa, mask, layout) + (1 - alpha) * _mean(xa, mask, layout)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api()
+def avgmax_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """The mean of average and max pooling: ``y = (mean_i x_i + max_i x_i) / 2`` (timm's avgmax).
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import avgmax_pool
+      >>> avgmax_pool(jnp.array([[[0.0], [4.0]]]))
+      Array([[3.]], dtype=float32)
+    """
+    x, layout, mask = _setup(x, "avgmax_pool", axis, data_format, mask)
+    xa = x.astype(accum_dtype(x.dtype))
+    out = 0.5 * (_mean(xa, mask, layout) + _max(xa, mask, layout))
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api()
+def catavgmax_pool(
+    x: Input,
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Average and max pooling concatenated along the channel axis (timm's catavgmax).
+
+    The result has twice the channels: first the averages, then the maxima. With ``axis``, the
+    concatenation is along the last axis that is not pooled.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      {shared}
+
+    Returns:
+      ``(batch, 2 * channels)`` for ``(batch, *spatial, channels)`` input, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import catavgmax_pool
+      >>> catavgmax_pool(jnp.array([[[0.0, 1.0], [4.0, 3.0]]]))
+      Array([[2., 2., 4., 3.]], dtype=float32)
+    """
+    fn = "catavgmax_pool"
+    x, layout, mask = _setup(x, fn, axis, data_format, mask)
+    if len(layout.axes) == layout.ndim:
+        raise ValueError(
+            f"{fn}: axis={axis!r} pools every axis of x of shape {layout.shape}; "
+            "at least one axis must remain to concatenate along."
+        )
+    xa = x.astype(accum_dtype(x.dtype))
+    valid = any_valid(mask, layout)
+    parts = [
+        finish(
+            part,
+            layout,
+            valid=valid,
+            fill_value=fill_value,
+            dtype=float_dtype(x.dtype),
+            keepdims=True,
+        )
+        for part in (_mean(xa, mask, layout), _max(xa, mask, layout))
+    ]
+    out = jnp.concatenate(parts, axis=layout.concat_axis)
+    return out if keepdims else jnp.squeeze(out, layout.axes)
+
+
+# --------------------------------------------------------------------------------------------
+# Weighted, attention and stochastic pooling.
+# --------------------------------------------------------------------------------------------
+
+
+@_api()
+def weighted_avg_pool(
+    x: Input,
+    weights: Shaped[ArrayLike, "..."],
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Weighted average pooling: ``y = sum_i w_i x_i / sum_i w_i`` (the core of GWAP).
+
+    The weights are normally non-negative (GWAP passes a learned map through softplus, sigmoid or
+    exp); where ``sum_i w_i`` is 0 the result is ``fill_value``. A masked position is excluded
+    whatever its weight; a zero weight excludes the value but does not hide a NaN in it.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      weights: one weight per position, shared over channels (``(batch, *spatial)`` or anything
+        that broadcasts to it) or per channel (broadcasting to ``x.shape``). Gradients flow to it.
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import weighted_avg_pool
+      >>> x = jnp.array([[[2.0], [6.0]]])  # (batch, length, channels)
+      >>> weighted_avg_pool(x, jnp.array([[3.0, 1.0]]))  # (3*2 + 1*6) / 4
+      Array([[3.]], dtype=float32)
+
+    References:
+      Qiu, "Global Weighted Average Pooling Bridges Pixel-level Localization and Image-level
+      Classification", 2018, arXiv:1809.08264.
+    """
+    x, layout, mask = _setup(x, "weighted_avg_pool", axis, data_format, mask)
+    acc = accum_dtype(x.dtype)
+    w = prepare_weights(weights, layout, arg="weights", fn="weighted_avg_pool", dtype=acc)
+    out, valid = _weighted_mean(x.astype(acc), w, mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api()
+def attention_pool(
+    x: Input,
+    scores: Shaped[ArrayLike, "..."],
+    *,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Attention pooling: ``y = sum_i softmax(s)_i x_i``, a softmax over positions of the scores.
+
+    The softmax is taken over the unmasked positions only and computed stably (max subtracted).
+    Scores come from a model (a learned query, a 1x1 convolution...): see ``gapjax.nn``.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      scores: one score per position, shared over channels (``(batch, *spatial)``) or per
+        channel (broadcasting to ``x.shape``).
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import attention_pool
+      >>> x = jnp.array([[[2.0], [6.0]]])
+      >>> attention_pool(x, jnp.array([[0.0, 0.0]]))  # equal scores: the mean
+      Array([[4.]], dtype=float32)
+    """
+    x, layout, mask = _setup(x, "attention_pool", axis, data_format, mask)
+    acc = accum_dtype(x.dtype)
+    s = prepare_weights(scores, layout, arg="scores", fn="attention_pool", dtype=acc)
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    s_max = jnp.max(s, axis=layout.axes, keepdims=True)
+    w = jnp.exp(s - lax.stop_gradient(jnp.where(jnp.isfinite(s_max), s_max, 0)))
+    out, valid = _weighted_mean(x.astype(acc), w, mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
+
+
+@_api("train")
+def global_stochastic_pool(
+    x: Input,
+    *,
+    key: jax.Array | None = None,
+    train: bool,
+    axis: int | tuple[int, ...] | None = None,
+    data_format: str = "channels_last",
+    keepdims: bool = False,
+    mask: Mask = None,
+    fill_value: float = 0.0,
+) -> Float[Array, "..."]:
+    """Global stochastic pooling (Zeiler & Fergus), with explicit randomness.
+
+    With ``a_i = max(x_i, 0)`` (the method assumes non-negative activations, e.g. after a ReLU):
+
+    - ``train=True``: for each output element, sample a position l with probability
+      ``a_l / sum_i a_i`` using ``key`` and return ``x_l`` (its gradient goes to that position);
+    - ``train=False``: the probability-weighted mean ``sum_i a_i^2 / sum_i a_i``.
+
+    Where every unmasked ``a_i`` is 0 the result is 0 (Caffe's convention); where every position
+    is masked out, ``fill_value``.
+
+    Args:
+      x: input, e.g. ``(batch, height, width, channels)``.
+      key: a PRNG key (``jax.random.key`` or ``PRNGKey``); required when ``train=True``. Each output
+        element draws independently.
+      train: sample (True) or take the expectation (False). Static: a Python bool.
+      {shared}
+
+    Returns:
+      The pooled values, pooled axes removed, in x's float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from gapjax import global_stochastic_pool
+      >>> x = jnp.array([[[1.0], [3.0]]])
+      >>> global_stochastic_pool(x, train=False)  # (1 + 9) / 4
+      Array([[2.5]], dtype=float32)
+
+    References:
+      Zeiler, Fergus, "Stochastic Pooling for Regularization of Deep Convolutional Neural
+      Networks", ICLR 2013, arXiv:1301.3557.
+    """
+    fn = "global_stochastic_pool"
+    if not isinstance(train, bool):
+        raise ValueError(f"{fn}: train must be a Python bool, got {train!r}.")
+    x, layout, mask = _setup(x, fn, axis, data_format, mask)
+    if train and key is None:
+        raise ValueError(f"{fn}: train=True samples positions and needs key=jax.random.key(...).")
+    xa = x.astype(accum_dtype(x.dtype))
+    a = jnp.maximum(xa, 0)
+    if mask is not None:
+        a = jnp.where(mask, a, 0)
+    total = jnp.sum(a, axis=layout.axes)
+    if train:
+        flat_a = _to_sites(a, layout)
+        logits = jnp.where(flat_a > 0, jnp.log(jnp.where(flat_a > 0, flat_a, 1)), -jnp.inf)
+        idx = jax.random.categorical(key, lax.stop_gradient(logits), axis=-1)
+        picked = jnp.take_along_axis(_to_sites(xa, layout), idx[..., None], axis=-1)[..., 0]
+        out = jnp.where(total > 0, picked, 0)
+    else:
+        out = safe_divide(jnp.sum(a * a, axis=layout.axes), total)
+    out = propagate_nan(out, x, mask, layout)
+    valid = any_valid(mask, layout)
+    return finish(
+        out,
+        layout,
+        valid=valid,
+        fill_value=fill_value,
+        dtype=float_dtype(x.dtype),
+        keepdims=keepdims,
+    )
