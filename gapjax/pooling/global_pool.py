@@ -606,11 +606,6 @@ def _k_table(kind: str, k: float, n: int, minimum: int) -> np.ndarray:
     return np.array([min(max(round(k * i), minimum), i) for i in range(n + 1)])
 
 
-def _k_rows(kind: str, k: float, n_valid: jax.Array, n: int, minimum: int) -> jax.Array:
-    table = jnp.asarray(_k_table(kind, k, n, minimum), n_valid.dtype)
-    return table[n_valid.astype(jnp.int32)]
-
-
 def _mean_of_first(sorted_v: jax.Array, k_row: jax.Array) -> jax.Array:
     take = jnp.arange(sorted_v.shape[-1]) < k_row[..., None]
     return safe_divide(jnp.sum(jnp.where(take, sorted_v, 0), axis=-1), k_row)
@@ -674,22 +669,27 @@ def topk_pool(
     acc = accum_dtype(x.dtype)
     alpha = jnp.squeeze(prepare_param(alpha, layout, arg="alpha", fn=fn, dtype=acc), layout.axes)
     flat = _to_sites(x.astype(acc), layout)
+    top_table = _k_table(k_kind, k_val, n, 1)
+    bottom_table = _k_table(m_kind, m_val, n, 0)
     if mask is None:
-        k_top = int(_k_table(k_kind, k_val, n, 1)[n])
-        k_bot = int(_k_table(m_kind, m_val, n, 0)[n])
+        k_top, k_bottom = int(top_table[n]), int(bottom_table[n])
         top = jnp.mean(lax.top_k(flat, k_top)[0], axis=-1)
-        bottom = -jnp.mean(lax.top_k(-flat, k_bot)[0], axis=-1) if k_bot else 0.0
-        has_bottom = jnp.asarray(k_bot > 0)
+        bottom = -jnp.mean(lax.top_k(-flat, k_bottom)[0], axis=-1) if k_bottom else 0.0
+        has_bottom = jnp.asarray(k_bottom > 0)
     else:
+        # Per-row counts, at most the table's maximum: top_k to that bound, then a cut.
         valid_flat = _to_sites(mask, layout)
-        n_valid = jnp.sum(valid_flat, axis=-1, dtype=acc)
+        n_valid = jnp.sum(valid_flat, axis=-1, dtype=jnp.int32)
         top = _mean_of_first(
-            -jnp.sort(jnp.where(valid_flat, -flat, jnp.inf), axis=-1),
-            _k_rows(k_kind, k_val, n_valid, n, 1),
+            lax.top_k(jnp.where(valid_flat, flat, -jnp.inf), int(top_table.max()))[0],
+            jnp.asarray(top_table, acc)[n_valid],
         )
-        k_bot_row = _k_rows(m_kind, m_val, n_valid, n, 0)
-        bottom = _mean_of_first(jnp.sort(jnp.where(valid_flat, flat, jnp.inf), axis=-1), k_bot_row)
-        has_bottom = k_bot_row > 0
+        k_bottom_row = jnp.asarray(bottom_table, acc)[n_valid]
+        bottom = 0.0
+        if bottom_table.max() > 0:
+            smallest = lax.top_k(jnp.where(valid_flat, -flat, -jnp.inf), int(bottom_table.max()))
+            bottom = -_mean_of_first(smallest[0], k_bottom_row)
+        has_bottom = k_bottom_row > 0
     out = top + jnp.where(has_bottom, alpha * bottom, 0)
     if halve:
         out = jnp.where(has_bottom & (alpha != 0), out / 2, out)
@@ -952,6 +952,21 @@ def attention_pool(
     )
 
 
+def _sample(x: jax.Array, a: jax.Array, key: jax.Array, layout: Layout) -> jax.Array:
+    """x at one position per output element, drawn with probability a_l / sum(a).
+
+    Inverse-CDF sampling, as Caffe does: one uniform per output element (``categorical`` would
+    draw one Gumbel per position, ``positions`` times more random numbers).
+    """
+    cdf = jnp.cumsum(_to_sites(a, layout), axis=-1)
+    u = jax.random.uniform(key, layout.out_shape, cdf.dtype) * cdf[..., -1]
+    idx = jnp.sum(cdf <= u[..., None], axis=-1)
+    # Rounding can put u at the very top: never step past the last position with a > 0.
+    last = layout.size - 1 - jnp.argmax(jnp.flip(_to_sites(a > 0, layout), -1), axis=-1)
+    idx = jnp.minimum(idx, last)
+    return jnp.take_along_axis(_to_sites(x, layout), idx[..., None], axis=-1)[..., 0]
+
+
 @_api("train")
 def global_stochastic_pool(
     x: Input,
@@ -1008,11 +1023,7 @@ def global_stochastic_pool(
         a = jnp.where(mask, a, 0)
     total = jnp.sum(a, axis=layout.axes)
     if train:
-        flat_a = _to_sites(a, layout)
-        logits = jnp.where(flat_a > 0, jnp.log(jnp.where(flat_a > 0, flat_a, 1)), -jnp.inf)
-        idx = jax.random.categorical(key, lax.stop_gradient(logits), axis=-1)
-        picked = jnp.take_along_axis(_to_sites(xa, layout), idx[..., None], axis=-1)[..., 0]
-        out = jnp.where(total > 0, picked, 0)
+        out = jnp.where(total > 0, _sample(xa, lax.stop_gradient(a), key, layout), 0)
     else:
         out = safe_divide(jnp.sum(a * a, axis=layout.axes), total)
     out = propagate_nan(out, x, mask, layout)
