@@ -350,6 +350,12 @@ def check_finite(fn: str, arg: str, value: Any) -> None:
         raise ValueError(f"{fn}: {arg} must be finite, got {value!r}.")
 
 
+def check_bool(fn: str, arg: str, value: Any) -> None:
+    """Raises ValueError unless value is a Python bool (a static switch such as ``train``)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{fn}: {arg} must be a Python bool, got {value!r}.")
+
+
 def pooling_function(
     *, static: tuple[str, ...], checks: Mapping[str, Callable[[str, str, Any], None]] = {}
 ) -> Callable:

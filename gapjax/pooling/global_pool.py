@@ -38,6 +38,7 @@ from gapjax.pooling._common import (
     any_valid,
     as_array,
     broadcast_sum,
+    check_bool,
     check_finite,
     check_positive,
     check_unit_interval,
@@ -78,6 +79,8 @@ _LAYOUT_ARGS = ("axis", "data_format", "keepdims")
 Input = Shaped[ArrayLike, "..."]
 Mask = Shaped[ArrayLike, "..."] | None
 Param = float | Shaped[ArrayLike, "..."]
+# Dynamic scalars: Python numbers, or scalar arrays (tracers under jit).
+Scalar = float | Shaped[ArrayLike, ""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ def global_avg_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Global average pooling (GAP), the head of Network In Network.
 
@@ -254,7 +257,7 @@ def global_sum_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Shaped[Array, "..."]:
     """Global sum pooling: ``y = sum_i m_i x_i``.
 
@@ -290,7 +293,7 @@ def global_max_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Shaped[Array, "..."]:
     """Global max pooling (GMP): ``y = max_i x_i`` over unmasked positions.
 
@@ -325,7 +328,7 @@ def global_min_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Shaped[Array, "..."]:
     """Global min pooling: ``y = min_i x_i`` over unmasked positions (ties share the gradient).
 
@@ -362,7 +365,7 @@ def global_lp_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Global power-average (LP) pooling, as PyTorch's ``LPPool``: ``y = (sum_i x_i^p)^(1/p)``.
 
@@ -410,12 +413,12 @@ def gem_pool(
     x: Input,
     p: Param = 3.0,
     *,
-    eps: float = 1e-6,
+    eps: Scalar = 1e-6,
     axis: int | tuple[int, ...] | None = None,
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Generalized-mean (GeM) pooling: ``y = (mean_i max(x_i, eps)^p)^(1/p)``.
 
@@ -469,7 +472,7 @@ def lse_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Log-sum-exp pooling: ``y = (1/r) log mean_i exp(r x_i)``.
 
@@ -522,7 +525,7 @@ def soft_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """SoftPool: the softmax-weighted mean ``y = sum_i softmax(x)_i x_i`` of each channel.
 
@@ -569,7 +572,7 @@ def soft_pool(
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_k(k: Any, n: int, *, arg: str, fn: str, allow_zero: bool) -> tuple[str, float]:
+def _resolve_k(k: Any, n: int, *, arg: str, fn: str, allow_zero: bool) -> tuple[str, int | float]:
     """Validates k: an int is a count in [1 or 0, n], a float a fraction in (0 or [0, 1]."""
     if isinstance(k, bool) or not isinstance(k, (int, float)):
         if hasattr(k, "dtype") and hasattr(k, "shape") and k.shape == ():
@@ -595,7 +598,7 @@ def _resolve_k(k: Any, n: int, *, arg: str, fn: str, allow_zero: bool) -> tuple[
     return "fraction", k
 
 
-def _k_table(kind: str, k: float, n: int, minimum: int) -> np.ndarray:
+def _k_table(kind: str, k: int | float, n: int, minimum: int) -> np.ndarray:
     """Count used for each possible number of valid positions 0..n (a static lookup table).
 
     Fractions round half to even as WILDCAT's Python ``round(k * n)``, at least ``minimum``;
@@ -623,7 +626,7 @@ def topk_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Top-k pooling, with WILDCAT's optional negative evidence.
 
@@ -714,7 +717,7 @@ def mixed_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Mixed max-average pooling: ``y = alpha * max_i x_i + (1 - alpha) * mean_i x_i``.
 
@@ -763,7 +766,7 @@ def avgmax_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """The mean of average and max pooling: ``y = (mean_i x_i + max_i x_i) / 2`` (timm's avgmax).
 
@@ -802,7 +805,7 @@ def catavgmax_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Average and max pooling concatenated along the channel axis (timm's catavgmax).
 
@@ -860,7 +863,7 @@ def weighted_avg_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Weighted average pooling: ``y = sum_i w_i x_i / sum_i w_i`` (the core of GWAP).
 
@@ -911,7 +914,7 @@ def attention_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Attention pooling: ``y = sum_i softmax(s)_i x_i``, a softmax over positions of the scores.
 
@@ -967,7 +970,7 @@ def _sample(x: jax.Array, a: jax.Array, key: jax.Array, layout: Layout) -> jax.A
     return jnp.take_along_axis(_to_sites(x, layout), idx[..., None], axis=-1)[..., 0]
 
 
-@_api("train")
+@_api("train", checks={"train": check_bool})
 def global_stochastic_pool(
     x: Input,
     *,
@@ -977,7 +980,7 @@ def global_stochastic_pool(
     data_format: str = "channels_last",
     keepdims: bool = False,
     mask: Mask = None,
-    fill_value: float = 0.0,
+    fill_value: Scalar = 0.0,
 ) -> Float[Array, "..."]:
     """Global stochastic pooling (Zeiler & Fergus), with explicit randomness.
 
@@ -1012,8 +1015,6 @@ def global_stochastic_pool(
       Networks", ICLR 2013, arXiv:1301.3557.
     """
     fn = "global_stochastic_pool"
-    if not isinstance(train, bool):
-        raise ValueError(f"{fn}: train must be a Python bool, got {train!r}.")
     x, layout, mask = _setup(x, fn, axis, data_format, mask)
     if train and key is None:
         raise ValueError(f"{fn}: train=True samples positions and needs key=jax.random.key(...).")
