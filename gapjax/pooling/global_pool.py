@@ -23,6 +23,7 @@ are static) and works under ``jax.grad``, ``jax.vmap`` and a user's own ``jax.ji
 arguments raise ValueError at trace time, naming the argument and the shapes.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -88,7 +89,32 @@ Scalar = float | Shaped[ArrayLike, ""]
 # --------------------------------------------------------------------------------------------
 
 
-def _setup(x: Any, fn: str, axis, data_format, mask) -> tuple[jax.Array, Layout, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One call's resolved inputs, and how to finish its result."""
+
+    x: jax.Array
+    layout: Layout
+    mask: jax.Array | None
+    keepdims: bool
+    fill_value: Any
+
+    def done(self, out: jax.Array, *, dtype=None, valid=None, keepdims=None) -> jax.Array:
+        """Fills all-masked rows (or rows where ``valid`` is False), casts, applies keepdims.
+
+        ``dtype`` defaults to x's float dtype (mean-like pools).
+        """
+        return finish(
+            out,
+            self.layout,
+            valid=any_valid(self.mask, self.layout) if valid is None else valid,
+            fill_value=self.fill_value,
+            dtype=float_dtype(self.x.dtype) if dtype is None else dtype,
+            keepdims=self.keepdims if keepdims is None else keepdims,
+        )
+
+
+def _setup(fn: str, x: Any, axis, data_format, keepdims, mask, fill_value) -> _Call:
     """Converts x, resolves the layout and the mask.
 
     Masked positions of x are replaced by 0 here, before any nonlinearity: a NaN or inf there
@@ -99,7 +125,7 @@ def _setup(x: Any, fn: str, axis, data_format, mask) -> tuple[jax.Array, Layout,
     mask = prepare_mask(mask, layout, fn)
     if mask is not None:
         x = jnp.where(mask, x, jnp.zeros((), x.dtype))
-    return x, layout, mask
+    return _Call(x, layout, mask, keepdims, fill_value)
 
 
 def _kernel_input(x: jax.Array) -> jax.Array:
@@ -236,17 +262,10 @@ def global_avg_pool(
     References:
       Lin, Chen, Yan, "Network In Network", ICLR 2014, arXiv:1312.4400.
     """
-    x, layout, mask = _setup(x, "global_avg_pool", axis, data_format, mask)
+    call = _setup("global_avg_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     out = _mean(x, mask, layout)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api()
@@ -275,14 +294,14 @@ def global_sum_pool(
       >>> global_sum_pool(jnp.arange(6.0).reshape(1, 3, 2))
       Array([[6., 9.]], dtype=float32)
     """
-    x, layout, mask = _setup(x, "global_sum_pool", axis, data_format, mask)
+    call = _setup("global_sum_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     if jnp.issubdtype(x.dtype, jnp.floating):
         out, dtype = _sum(x, mask, layout), x.dtype
     else:
         out = jnp.sum(x if mask is None else jnp.where(mask, x, 0), axis=layout.axes)
         dtype = out.dtype
-    valid = any_valid(mask, layout)
-    return finish(out, layout, valid=valid, fill_value=fill_value, dtype=dtype, keepdims=keepdims)
+    return call.done(out, dtype=dtype)
 
 
 @_api()
@@ -314,10 +333,10 @@ def global_max_pool(
       >>> global_max_pool(x)
       Array([[ 3., -2.]], dtype=float32)
     """
-    x, layout, mask = _setup(x, "global_max_pool", axis, data_format, mask)
+    call = _setup("global_max_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     out = _max(x, mask, layout)
-    valid = any_valid(mask, layout)
-    return finish(out, layout, valid=valid, fill_value=fill_value, dtype=x.dtype, keepdims=keepdims)
+    return call.done(out, dtype=x.dtype)
 
 
 @_api()
@@ -345,10 +364,10 @@ def global_min_pool(
       >>> global_min_pool(jnp.array([[[1.0, -2.0], [3.0, -4.0]]]))
       Array([[ 1., -4.]], dtype=float32)
     """
-    x, layout, mask = _setup(x, "global_min_pool", axis, data_format, mask)
+    call = _setup("global_min_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     out = _min(x, mask, layout)
-    valid = any_valid(mask, layout)
-    return finish(out, layout, valid=valid, fill_value=fill_value, dtype=x.dtype, keepdims=keepdims)
+    return call.done(out, dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,22 +409,15 @@ def global_lp_pool(
       >>> global_lp_pool(jnp.array([[[3.0], [4.0]]]), 2.0)
       Array([[5.]], dtype=float32)
     """
-    x, layout, mask = _setup(x, "global_lp_pool", axis, data_format, mask)
+    call = _setup("global_lp_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     acc = accum_dtype(x.dtype)
     p = prepare_param(p, layout, arg="p", fn="global_lp_pool", dtype=acc)
     xa = x.astype(acc)
     scale = _scale(jnp.abs(xa), mask, layout)
     out = safe_root(_sum((xa / scale) ** p, mask, layout), jnp.squeeze(p, layout.axes))
     out = out * jnp.squeeze(scale, layout.axes)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api(checks={"p": check_positive, "eps": check_positive})
@@ -445,22 +457,15 @@ def gem_pool(
       Radenovic, Tolias, Chum, "Fine-tuning CNN Image Retrieval with No Human Annotation",
       TPAMI 2018, arXiv:1711.02512.
     """
-    x, layout, mask = _setup(x, "gem_pool", axis, data_format, mask)
+    call = _setup("gem_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     acc = accum_dtype(x.dtype)
     p = prepare_param(p, layout, arg="p", fn="gem_pool", dtype=acc)
     clamped = jnp.maximum(x.astype(acc), eps)
     scale = _scale(clamped, mask, layout)
     out = safe_root(_mean((clamped / scale) ** p, mask, layout), jnp.squeeze(p, layout.axes))
     out = out * jnp.squeeze(scale, layout.axes)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api(checks={"r": check_positive})
@@ -498,7 +503,8 @@ def lse_pool(
       Pinheiro, Collobert, "From Image-level to Pixel-level Labeling with Convolutional
       Networks", CVPR 2015, arXiv:1411.6228.
     """
-    x, layout, mask = _setup(x, "lse_pool", axis, data_format, mask)
+    call = _setup("lse_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     acc = accum_dtype(x.dtype)
     r = prepare_param(r, layout, arg="r", fn="lse_pool", dtype=acc)
     xa = x.astype(acc)
@@ -506,15 +512,7 @@ def lse_pool(
     # mean(exp(.)) - 1, in (-1, 0]; 0 for an all-masked row, whose result is replaced anyway.
     mean_expm1 = _mean(jnp.expm1(r * (xa - shift)), mask, layout)
     out = jnp.squeeze(shift, layout.axes) + jnp.log1p(mean_expm1) / jnp.squeeze(r, layout.axes)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api()
@@ -549,22 +547,15 @@ def soft_pool(
       Stergiou, Poppe, Kalliatakis, "Refining activation downsampling with SoftPool", ICCV 2021,
       arXiv:2101.00440.
     """
-    x, layout, mask = _setup(x, "soft_pool", axis, data_format, mask)
+    call = _setup("soft_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     xa = x.astype(accum_dtype(x.dtype))
     e = jnp.exp(xa - _shift(xa, mask, layout))
     terms = jnp.where(e == 0, 0, e * xa)
     if mask is not None:
         terms, e = jnp.where(mask, terms, 0), jnp.where(mask, e, 0)
     out = safe_divide(jnp.sum(terms, axis=layout.axes), jnp.sum(e, axis=layout.axes))
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +656,8 @@ def topk_pool(
       Image Classification, Pointwise Localization and Segmentation", CVPR 2017.
     """
     fn = "topk_pool"
-    x, layout, mask = _setup(x, fn, axis, data_format, mask)
+    call = _setup(fn, x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     n = layout.size
     k_kind, k_val = _resolve_k(k, n, arg="k", fn=fn, allow_zero=False)
     m_kind, m_val = _resolve_k(k_min, n, arg="k_min", fn=fn, allow_zero=True)
@@ -697,15 +689,7 @@ def topk_pool(
     if halve:
         out = jnp.where(has_bottom & (alpha != 0), out / 2, out)
     out = propagate_nan(out, x, mask, layout)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api(checks={"alpha": check_unit_interval})
@@ -740,22 +724,15 @@ def mixed_pool(
       Lee, Gallagher, Tu, "Generalizing Pooling Functions in Convolutional Neural Networks:
       Mixed, Gated, and Tree", AISTATS 2016, arXiv:1509.08985.
     """
-    x, layout, mask = _setup(x, "mixed_pool", axis, data_format, mask)
+    call = _setup("mixed_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     acc = accum_dtype(x.dtype)
     alpha = jnp.squeeze(
         prepare_param(alpha, layout, arg="alpha", fn="mixed_pool", dtype=acc), layout.axes
     )
     xa = x.astype(acc)
     out = alpha * _max(xa, mask, layout) + (1 - alpha) * _mean(xa, mask, layout)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api()
@@ -783,18 +760,11 @@ def avgmax_pool(
       >>> avgmax_pool(jnp.array([[[0.0], [4.0]]]))
       Array([[3.]], dtype=float32)
     """
-    x, layout, mask = _setup(x, "avgmax_pool", axis, data_format, mask)
+    call = _setup("avgmax_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     xa = x.astype(accum_dtype(x.dtype))
     out = 0.5 * (_mean(xa, mask, layout) + _max(xa, mask, layout))
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
 
 
 @_api()
@@ -826,24 +796,16 @@ def catavgmax_pool(
       Array([[2., 2., 4., 3.]], dtype=float32)
     """
     fn = "catavgmax_pool"
-    x, layout, mask = _setup(x, fn, axis, data_format, mask)
+    call = _setup(fn, x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     if len(layout.axes) == layout.ndim:
         raise ValueError(
             f"{fn}: axis={axis!r} pools every axis of x of shape {layout.shape}; "
             "at least one axis must remain to concatenate along."
         )
     xa = x.astype(accum_dtype(x.dtype))
-    valid = any_valid(mask, layout)
     parts = [
-        finish(
-            part,
-            layout,
-            valid=valid,
-            fill_value=fill_value,
-            dtype=float_dtype(x.dtype),
-            keepdims=True,
-        )
-        for part in (_mean(xa, mask, layout), _max(xa, mask, layout))
+        call.done(part, keepdims=True) for part in (_mean(xa, mask, layout), _max(xa, mask, layout))
     ]
     out = jnp.concatenate(parts, axis=layout.concat_axis)
     return out if keepdims else jnp.squeeze(out, layout.axes)
@@ -891,18 +853,12 @@ def weighted_avg_pool(
       Qiu, "Global Weighted Average Pooling Bridges Pixel-level Localization and Image-level
       Classification", 2018, arXiv:1809.08264.
     """
-    x, layout, mask = _setup(x, "weighted_avg_pool", axis, data_format, mask)
+    call = _setup("weighted_avg_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     acc = accum_dtype(x.dtype)
     w = prepare_weights(weights, layout, arg="weights", fn="weighted_avg_pool", dtype=acc)
     out, valid = _weighted_mean(x.astype(acc), w, mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out, valid=valid)
 
 
 @_api()
@@ -937,7 +893,8 @@ def attention_pool(
       >>> attention_pool(x, jnp.array([[0.0, 0.0]]))  # equal scores: the mean
       Array([[4.]], dtype=float32)
     """
-    x, layout, mask = _setup(x, "attention_pool", axis, data_format, mask)
+    call = _setup("attention_pool", x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     acc = accum_dtype(x.dtype)
     s = prepare_weights(scores, layout, arg="scores", fn="attention_pool", dtype=acc)
     if mask is not None:
@@ -945,14 +902,7 @@ def attention_pool(
     s_max = jnp.max(s, axis=layout.axes, keepdims=True)
     w = jnp.exp(s - lax.stop_gradient(jnp.where(jnp.isfinite(s_max), s_max, 0)))
     out, valid = _weighted_mean(x.astype(acc), w, mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out, valid=valid)
 
 
 def _sample(x: jax.Array, a: jax.Array, key: jax.Array, layout: Layout) -> jax.Array:
@@ -1015,7 +965,8 @@ def global_stochastic_pool(
       Networks", ICLR 2013, arXiv:1301.3557.
     """
     fn = "global_stochastic_pool"
-    x, layout, mask = _setup(x, fn, axis, data_format, mask)
+    call = _setup(fn, x, axis, data_format, keepdims, mask, fill_value)
+    x, layout, mask = call.x, call.layout, call.mask
     if train and key is None:
         raise ValueError(f"{fn}: train=True samples positions and needs key=jax.random.key(...).")
     xa = x.astype(accum_dtype(x.dtype))
@@ -1028,12 +979,4 @@ def global_stochastic_pool(
     else:
         out = safe_divide(jnp.sum(a * a, axis=layout.axes), total)
     out = propagate_nan(out, x, mask, layout)
-    valid = any_valid(mask, layout)
-    return finish(
-        out,
-        layout,
-        valid=valid,
-        fill_value=fill_value,
-        dtype=float_dtype(x.dtype),
-        keepdims=keepdims,
-    )
+    return call.done(out)
