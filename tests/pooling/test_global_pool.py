@@ -362,6 +362,32 @@ def test_nan_propagates_unless_masked(case, rng):
     assert np.all(np.isfinite(g))
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        gapjax.global_max_pool,
+        gapjax.global_min_pool,
+        gapjax.global_avg_pool,
+        gapjax.mixed_pool,
+        lambda x, **kw: gapjax.topk_pool(x, 3, **kw),
+    ],
+    ids=["max", "min", "avg", "mixed", "topk"],
+)
+def test_nan_propagates_on_large_maps(fn, data_format):
+    # On CPU, jaxlib 0.10 hands large reductions to YNNPACK, whose reduce-max drops NaN:
+    # jnp.max of this map finds no NaN at all. gapjax must still propagate it.
+    x = np.ones((4, 32, 32, 64), np.float32)
+    x[1, 5, 7, 3] = np.nan
+    x[2, 31, 31, 63] = np.nan
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    y = np.asarray(fn(x, data_format=data_format))
+    expected = np.zeros((4, 64), bool)
+    expected[1, 3] = expected[2, 63] = True
+    np.testing.assert_array_equal(np.isnan(y), expected)
+
+
 @pytest.mark.parametrize("case", CONTRACT, ids=CONTRACT_IDS)
 def test_integer_input(case, rng):
     x = rng.integers(0, 5, (2, 3, 4, 2)).astype(np.int32)

@@ -1,0 +1,306 @@
+"""Tests of the private reduction kernels behind global pooling (gapjax.pooling._kernels).
+
+Every formulation (plain, batched dot, matrix-vector product, elementwise max trees, the fused
+max-and-count pass, the NaN checks) is checked against NumPy on shapes chosen to reach it, with
+odd sizes and remainders; gradients against ``jax.grad`` of the plain ``jnp`` reductions.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gapjax.pooling import _kernels as K
+
+F32_RTOL = 2e-6  # relative to sum(|x|): the rounding of any float32 summation order
+
+# (name, shape, axes). Sizes are picked to reach each CPU formulation:
+#   cl_dot*: channels last with >= 16K elements per batch -> batched dot (k > 1 widening, k = 1)
+#   cl_small: channels last, small batches -> plain reduce; max -> one tree stage + finish
+#   cf_gemv: channels first with >= 256 rows -> matrix-vector product; max -> YNNPACK + check
+#   cf_few: channels first with few rows -> plain reduce
+#   1d / 3d: one and three spatial axes; noncontig: axes that do not collapse
+#   unbatched: (H, W, C) pooled over (0, 1); tiny: below every threshold
+CASES = [
+    ("cl_dot_wide", (3, 20, 24, 40), (1, 2)),
+    ("cl_dot_k1", (2, 17, 3, 2048), (1, 2)),
+    ("cl_dot_odd", (5, 97, 181), (1,)),
+    ("cl_small", (9, 7, 5, 130), (1, 2)),
+    ("cf_gemv", (4, 70, 9, 11), (2, 3)),
+    ("cf_few", (2, 5, 23, 19), (2, 3)),
+    ("1d_cl", (6, 301, 24), (1,)),
+    ("3d_cl", (2, 5, 6, 7, 48), (1, 2, 3)),
+    ("3d_cf", (2, 40, 5, 6, 7), (2, 3, 4)),
+    ("unbatched", (33, 35, 19), (0, 1)),
+    ("noncontig", (4, 9, 5, 33), (1, 3)),
+    ("size1_inside", (3, 21, 1, 17, 40), (1, 2, 3)),
+    ("tiny", (2, 3, 4, 5), (1, 2)),
+]
+IDS = [c[0] for c in CASES]
+
+
+def _x(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _check_sum(out, x64, axes, scale=1.0):
+    ref = x64.sum(axis=axes) * scale
+    tol = F32_RTOL * np.abs(x64).sum(axis=axes) * scale + 1e-30
+    assert out.shape == ref.shape
+    assert np.all(np.abs(np.asarray(out, np.float64) - ref) <= tol)
+
+
+@functools.partial(jax.jit, static_argnames="axes")
+def _all(x, axes):
+    return K.spatial_sum(x, axes), K.spatial_mean(x, axes), K.spatial_max(x, axes)
+
+
+@pytest.mark.parametrize("name,shape,axes", CASES, ids=IDS)
+def test_values_against_numpy(name, shape, axes):
+    x = _x(shape)
+    x64 = x.astype(np.float64)
+    s, m, mx = _all(x, axes)
+    assert s.dtype == m.dtype == mx.dtype == jnp.float32
+    _check_sum(s, x64, axes)
+    _check_sum(m, x64, axes, scale=1.0 / math.prod(shape[a] for a in axes))
+    np.testing.assert_array_equal(mx, x.max(axis=axes))
+
+
+@pytest.mark.parametrize("name,shape,axes", CASES, ids=IDS)
+def test_max_nan_and_inf(name, shape, axes):
+    x = _x(shape, seed=1)
+    ends = tuple(range(x.ndim - len(axes), x.ndim))
+    xt = np.ascontiguousarray(np.moveaxis(x, axes, ends))  # (*kept, *pooled)
+    flat = xt.reshape(-1, math.prod(shape[a] for a in axes))  # a view: one row per output
+    n = flat.shape[1]
+    # Row 0: one NaN at the last position (a remainder row); row 1: NaN first, and -NaN in row
+    # 2; row 3: +inf and -inf together (max +inf); row 4: all -inf; row 5: NaN next to +inf.
+    flat[0, n - 1] = np.nan
+    if flat.shape[0] > 5:
+        flat[1, 0] = np.nan
+        flat[2, n // 2] = -np.nan
+        flat[3, [0, n - 1]] = [np.inf, -np.inf]
+        flat[4, :] = -np.inf
+        flat[5, [n // 3, n // 3 + 1]] = [np.inf, np.nan]
+    x = np.moveaxis(xt, ends, axes)
+    out = np.asarray(_all(x, axes)[2])  # same shapes as above: no recompilation
+    ref = np.max(x, axis=axes)  # NumPy propagates NaN
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(out[~np.isnan(ref)], ref[~np.isnan(ref)])
+    assert np.isnan(ref).sum() >= 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name,shape,axes", [CASES[0], CASES[4], CASES[6]], ids=["cl", "cf", "1d"])
+def test_half_precision(name, shape, axes, dtype):
+    x = jnp.asarray(_x(shape, seed=2), dtype)
+    x64 = np.asarray(x, np.float64)
+    s, m, mx = _all(x, axes)
+    assert s.dtype == m.dtype == jnp.float32  # accumulated and returned in float32
+    assert mx.dtype == dtype
+    _check_sum(s, x64, axes)
+    _check_sum(m, x64, axes, scale=1.0 / math.prod(shape[a] for a in axes))
+    np.testing.assert_array_equal(np.asarray(mx, np.float64), x64.max(axis=axes))
+
+
+def test_float64():
+    with jax.enable_x64(True):
+        x = _x((3, 20, 24, 40), seed=3, dtype=np.float64)
+        s = K.spatial_sum(x, (1, 2))
+        assert s.dtype == jnp.float64
+        np.testing.assert_allclose(s, x.sum(axis=(1, 2)), rtol=1e-12)
+        assert K.spatial_max(x, (1, 2)).dtype == jnp.float64
+
+
+def _ties(shape, seed):
+    """Small integers: many ties, and whole columns of equal values."""
+    x = np.random.default_rng(seed).integers(-3, 4, size=shape).astype(np.float32)
+    x.reshape(-1, shape[-1])[:, 0] = 1.0  # channel 0 (last axis) is constant
+    return x
+
+
+def _out(shape, axes):
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+GRAD_CASES = [
+    c
+    for c in CASES
+    if c[0]
+    in ("cl_dot_wide", "cl_dot_odd", "cl_small", "cf_gemv", "cf_few", "3d_cl", "noncontig", "tiny")
+]
+
+
+@pytest.mark.parametrize("name,shape,axes", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
+def test_gradients_match_jnp(name, shape, axes):
+    x = _ties(shape, seed=4)
+    w = _x(_out(shape, axes), seed=5)
+
+    @jax.jit
+    def grads(x, w):
+        def loss(mx, mean, sm):
+            return lambda x: jnp.sum(w * jnp.sin(mx(x) + mean(x) + 0.1 * sm(x)))
+
+        ours = jax.grad(
+            loss(
+                lambda x: K.spatial_max(x, axes),
+                lambda x: K.spatial_mean(x, axes),
+                lambda x: K.spatial_sum(x, axes),
+            )
+        )(x)
+        ref = jax.grad(
+            loss(
+                lambda x: jnp.max(x, axis=axes),
+                lambda x: jnp.mean(x, axis=axes),
+                lambda x: jnp.sum(x, axis=axes),
+            )
+        )(x)
+        return ours, ref
+
+    ours, ref = grads(x, w)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape,axes", [((2, 9, 8, 64), (1, 2)), ((2, 130, 4, 9), (2, 3))], ids=["cl", "cf"]
+)
+def test_forward_mode_and_second_order(shape, axes):
+    x = _ties(shape, seed=6)
+    t = _x(shape, seed=7)
+    mine = {"max": K.spatial_max, "mean": K.spatial_mean, "sum": K.spatial_sum}
+    plain = {
+        "max": lambda x, a: jnp.max(x, axis=a),
+        "mean": lambda x, a: jnp.mean(x, axis=a),
+        "sum": lambda x, a: jnp.sum(x, axis=a),
+    }
+
+    @jax.jit
+    def everything(x, t):
+        out = {}
+        for which, fns in (("ours", mine), ("ref", plain)):
+            for name, red in fns.items():
+
+                def f(x, red=red):
+                    return jnp.sum(red(x * x, axes) ** 2)
+
+                out[which, name, "jvp"] = jax.jvp(lambda x, red=red: red(x, axes), (x,), (t,))
+                # Hessian-vector products: forward over reverse, reverse over reverse.
+                out[which, name, "fwd_rev"] = jax.jvp(jax.grad(f), (x,), (t,))[1]
+                out[which, name, "rev_rev"] = jax.grad(lambda x, f=f: jnp.vdot(jax.grad(f)(x), t))(
+                    x
+                )
+        return out
+
+    out = everything(x, t)
+    for name in mine:
+        for kind in ("jvp", "fwd_rev", "rev_rev"):
+            np.testing.assert_allclose(
+                np.concatenate([np.ravel(v) for v in jax.tree.leaves(out["ours", name, kind])]),
+                np.concatenate([np.ravel(v) for v in jax.tree.leaves(out["ref", name, kind])]),
+                rtol=1e-4,
+                atol=1e-4,
+                err_msg=f"{name} {kind}",
+            )
+
+
+def test_max_gradient_with_nan_and_ties_in_columns():
+    # Channels first goes through YNNPACK + the NaN flag of the count pass.
+    x = _ties((4, 70, 9, 11), seed=8)
+    x[1, 3, 2, 2] = np.nan
+    clean = np.where(np.isnan(x), -9.0, x)
+
+    @jax.jit
+    def grads(x, clean):
+        return (
+            jax.grad(lambda x: jnp.sum(K.spatial_max(x, (2, 3))))(x),
+            jax.grad(lambda x: jnp.sum(jnp.max(x, axis=(2, 3))))(clean),
+        )
+
+    g, g0 = grads(x, clean)
+    assert np.all(np.asarray(g)[1, 3] == 0)  # NaN column: no gradient (x == NaN is false)
+    mask = np.ones(x.shape, bool)
+    mask[1, 3] = False
+    np.testing.assert_allclose(np.asarray(g)[mask], np.asarray(g0)[mask])
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=["cl", "cf"])
+def test_vmap_and_jit(case):
+    _, shape, axes = case
+    xs = _ties((3, *shape), seed=9)
+
+    @jax.jit
+    def run(xs):
+        out = {
+            fn.__name__: jax.vmap(lambda x, fn=fn: fn(x, axes))(xs)
+            for fn in (K.spatial_sum, K.spatial_mean, K.spatial_max)
+        }
+        # vmap of the gradient of max (the JVP rules under batching)
+        out["grad"] = (
+            jax.vmap(jax.grad(lambda x: jnp.sum(K.spatial_max(x, axes))))(xs),
+            jax.vmap(jax.grad(lambda x: jnp.sum(jnp.max(x, axis=axes))))(xs),
+        )
+        return out
+
+    out = run(xs)
+    big = tuple(a + 1 for a in axes)
+    x64 = xs.astype(np.float64)
+    _check_sum(out["spatial_sum"], x64, big)
+    _check_sum(out["spatial_mean"], x64, big, scale=1.0 / math.prod(shape[a] for a in axes))
+    np.testing.assert_array_equal(out["spatial_max"], xs.max(axis=big))
+    np.testing.assert_allclose(*out["grad"])
+
+
+def test_axes_forms_and_edge_cases():
+    x = _x((2, 8, 9, 130), seed=10)
+
+    @jax.jit
+    def run(x):
+        return (
+            K.spatial_sum(x, [2, 1]),
+            K.spatial_max(x, -1),
+            K.spatial_sum(x, ()),
+            K.spatial_max(x, ()),
+        )
+
+    s, mx, s0, m0 = run(x)
+    _check_sum(s, x.astype(np.float64), (1, 2))
+    np.testing.assert_array_equal(mx, x.max(axis=-1))
+    np.testing.assert_array_equal(s0, x)  # no axes: the input itself
+    np.testing.assert_array_equal(m0, x)
+    empty = np.zeros((0, 5, 3), np.float32)
+    assert K.spatial_sum(empty, (1,)).shape == (0, 3)
+    assert K.spatial_max(empty, (1,)).shape == (0, 3)
+    assert np.isnan(np.asarray(K.spatial_mean(np.zeros((2, 0, 3), np.float32), (1,)))).all()
+    ints = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(K.spatial_sum(ints, (1,)), ints.sum(axis=1))
+    np.testing.assert_array_equal(K.spatial_max(ints, (1,)), ints.max(axis=1))
+
+
+def test_private_formulations_directly():
+    """Each CPU formulation on its own, so a change of heuristics cannot hide a broken one."""
+    rng = np.random.default_rng(11)
+    for P, R, Q in [(3, 480, 40), (1, 1100, 7), (4, 2, 9)]:
+        x3 = rng.standard_normal((P, R, Q)).astype(np.float32)
+        x3[0, R - 1, 0] = np.nan
+        clean = np.nan_to_num(x3)
+        ref_max = x3.max(axis=1)
+
+        @jax.jit
+        def run(x3, clean, ref_max, P=P, R=R, Q=Q):
+            return (
+                K._tree_max(x3),
+                K._tree_max_count(clean),
+                K._tree_count(x3, ref_max, nan_shift=16),
+                K._batched_dot_sum(clean, P, R, Q) if R >= 16 else None,
+            )
+
+        tmax, (m, c), cn, dot = run(x3, clean, ref_max)
+        np.testing.assert_array_equal(tmax, ref_max)
+        np.testing.assert_array_equal(m, clean.max(axis=1))
+        np.testing.assert_array_equal(c, (clean == np.asarray(m)[:, None]).sum(axis=1))
+        np.testing.assert_array_equal(np.asarray(cn) >> 16, np.isnan(x3).sum(axis=1))
+        if dot is not None:
+            _check_sum(dot, clean.astype(np.float64), (1,))
