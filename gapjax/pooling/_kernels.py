@@ -66,8 +66,10 @@ _DOT_MIN_BATCH_ELEMENTS = 16384
 # Widen rows of the batched dot to about this many elements, keeping at least _DOT_MIN_ROWS rows.
 _DOT_ROW_WIDTH = 2048
 _DOT_MIN_ROWS = 64
-# Channels-first sums use the matrix-vector product when there are at least this many rows.
+# Channels-first sums use the matrix-vector product for at least this many rows of at most
+# _GEMV_MAX_LENGTH elements (longer rows: YNNPACK's contiguous reduce is as fast or faster).
 _GEMV_MIN_ROWS = 256
+_GEMV_MAX_LENGTH = 256
 # Max tree: fan-in of each stage, and the number of rows reduced by the final tree.
 _TREE_FANIN = 16
 _TREE_FINAL = 16
@@ -171,7 +173,7 @@ def _cpu_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     P, R, Q = prq
     out_shape = _out_shape(x.shape, axes)
     if Q == 1:
-        if P < _GEMV_MIN_ROWS:
+        if P < _GEMV_MIN_ROWS or R > _GEMV_MAX_LENGTH:
             return _plain_sum(x, axes)
         y = jnp.matmul(x.reshape(P, R), jnp.ones((R,), x.dtype), precision=lax.Precision.HIGHEST)
         return y.reshape(out_shape)
