@@ -1,49 +1,51 @@
 """Fast spatial reductions behind the global pooling functions (private).
 
-``spatial_sum``, ``spatial_mean`` and ``spatial_max`` compute exactly what ``jnp.sum`` /
-``jnp.mean`` / ``jnp.max`` over ``axes`` compute (sums within float32 rounding), under ``jit``,
-``vmap``, ``grad`` (any order) and ``jvp``. On GPU/TPU they *are* the plain ``jnp`` reductions. On
-CPU, XLA (jaxlib 0.10) hands reductions to YNNPACK, whose reduce kernels are poor for the shapes
-pooling produces, and whose ``max`` silently drops NaN; the CPU formulations below fix both. The
-choice is made per call from the static shape, and per platform at lowering time
-(``lax.platform_dependent``), so a program lowered for GPU never sees the CPU tricks.
+``spatial_sum``, ``spatial_mean`` and ``spatial_max`` compute what ``jnp.sum`` / ``jnp.mean`` /
+``jnp.max`` over ``axes`` compute (sums within float32 rounding; max exactly, NaN-propagating),
+under ``jit``, ``vmap``, ``grad`` (any order) and ``jvp``. On GPU/TPU they *are* the plain ``jnp``
+reductions. On CPU, XLA (jaxlib 0.10) hands reductions to YNNPACK, whose kernel for a reduction
+over non-contiguous rows (channels last) runs at 1/3-1/2 of memory bandwidth, and whose reduce-max
+silently drops NaN (``jnp.max`` on CPU returns a finite value, depending on where the NaN is). The
+formulations below fix both. The choice is made per call from the static shape, and per platform
+at lowering time (``lax.platform_dependent``), so a program lowered for GPU never sees them.
 
-Why these formulations (measured on a 2-core AMD EPYC VM, jax/jaxlib 0.10.2, float32, ms per call;
-numbers are medians of interleaved rounds and noisy to +-20%; "full sum" is ``jnp.sum(x)`` over
-the whole array, the memory-bandwidth yardstick):
+Every reduction is first collapsed to axis 1 of ``(P, R, Q)``: channels last is ``Q > 1``,
+channels first is ``Q == 1``; axes that do not collapse (e.g. (1, 3) of a 4-D array) use ``jnp``.
+Measured on a 2-core AMD EPYC VM, float32, ms per call, medians of interleaved rounds (this VM
+drifts by +-30%; "yardstick" = ``jnp.sum`` over the whole array, i.e. memory bandwidth):
 
-- Reducing the middle axis of ``(P, R, Q)`` with ``Q > 1`` (channels last): YNNPACK's kernel for a
-  non-contiguous reduction walks each 16-float column down all rows with one accumulator, so it
-  runs at 1/2-1/3 of the bandwidth of a full sum. A batched matrix-vector product ``ones(1, R/k) @
-  x.reshape(P, R/k, k Q)`` (XLA's Eigen dot, one task per batch, sequential reads) followed by a
-  tiny sum over the ``k`` row groups runs near the yardstick. Widening rows to ``k Q ~ 2048`` with
-  at least 64 rows left per matrix is what makes Eigen's GEMV efficient:
-  (128,32,32,64): ``jnp.sum`` 1.25, this 0.70-0.79, full sum 0.51;
-  (64,56,56,256): 11.3-12.6 vs 6.5-6.8, full sum 6.2-7.0;
-  (32,7,7,2048): 0.18-0.29 vs 0.11-0.13, full sum 0.10-0.13.
-  When one batch holds fewer than 16K elements the dot's per-batch overhead wins over the
-  savings, and ``jnp.sum`` is kept ((256,8,8,192): 0.18 vs 0.21 with the dot).
-- Reducing the last axis of ``(P, R)`` (channels first): a plain matrix-vector product ``x @ ones``
-  is as fast as YNNPACK's contiguous reduction or faster: (32,2048,7,7): 0.13 vs 0.20,
-  (256,192,8,8): 0.12 vs 0.14, others equal.
-- ``max`` with ``Q > 1``: a balanced tree of elementwise ``jnp.maximum`` over 16 contiguous chunks
-  of the rows (one XLA loop fusion that reads 16 sequential streams and writes 1/16 of the input),
-  repeated until at most 16 rows are left, then one more tree. XLA's own ``maximum`` propagates
-  NaN; YNNPACK's reduce-max does not (``jnp.max`` on CPU returns a finite value for a column
-  holding NaN, depending on where the NaN is). Speed: (64,56,56,256) 8-9 vs ``jnp.max`` 11-14;
-  (128,32,32,64) ~1.1-1.5 vs 1.3-1.9; small shapes equal.
-- ``max`` with ``Q == 1`` (contiguous rows): the tree vectorizes badly there (4-5x slower), while
-  YNNPACK's contiguous reduce-max runs at full bandwidth; NaN is restored from a sum computed with
-  the fast sum above (NaN + anything is NaN): columns whose sum is NaN are rare, and only when
-  there is one does a ``lax.cond`` take the exact path (``isnan`` test of every element).
+- Sum, Q > 1: a batched matrix-vector product ``ones(1, R/k) @ x.reshape(P, R/k, k Q)`` (XLA's
+  Eigen dot: one task per batch, sequential reads), then a small sum over the k row groups.
+  Rows are widened to k Q ~ 2048 elements keeping >= 64 of them, which is what Eigen's GEMV
+  needs. Used when one batch holds >= 16K elements; below that the per-batch overhead eats the
+  gain and ``jnp.sum`` stays. (128,32,32,64): ``jnp.sum`` 1.25, dot 0.70, yardstick 0.51;
+  (64,56,56,256): 11.3-12.6 vs 6.5-6.8, yardstick 6.2-7.0; (32,7,7,2048): 0.18-0.29 vs
+  0.11-0.13; (256,8,8,192): 0.18 vs 0.21 (kept). Tried and slower: einsum/dot_general with a
+  ones vector (XLA transposes x), elementwise add trees, splitting P, YNNPACK on widened rows.
+- Sum, Q == 1: ``x.reshape(P, R) @ ones(R)`` for short rows (R <= 256): (32,2048,7,7) 0.13 vs
+  0.20, (256,192,8,8) 0.12 vs 0.14. Longer rows: YNNPACK's contiguous reduce is at the yardstick.
+- Max, Q > 1: balanced trees of elementwise ``jnp.maximum`` (XLA's own maximum propagates NaN)
+  over 16 contiguous chunks of the rows: one loop fusion reading 16 sequential streams and
+  writing 1/16 of its input, repeated, then a reduce op over the last <= 16 rows. The final
+  reduce matters: a pure elementwise tree would be fused (recomputed, R times) into any
+  broadcasting consumer, e.g. the gradient. (64,56,56,256): 8-11 vs ``jnp.max`` 11-14;
+  (128,32,32,64): 1.1-1.5 vs 1.3-1.9 (both near PyTorch); small shapes equal.
+- Max, Q == 1, or 16-bit floats: XLA's own loops vectorize badly there (Q == 1: 3-5x slower;
+  bfloat16: 10-50x), so YNNPACK's reduce-max runs, plus a sum (NaN + anything is NaN) to find
+  the NaN it dropped; only when some column sum is NaN (NaN, or +inf meeting -inf) does a
+  ``lax.cond`` run the exact per-element ``isnan`` test.
 
-Gradients: ``spatial_sum`` and ``spatial_max`` are ``jax.custom_jvp`` functions whose tangent is a
-plain ``jnp`` reduction, so reverse mode transposes to a broadcast (sum) or a
-``where(x == max, g / count, 0)`` (max) instead of to a dot or a tree. The max rule is JAX's own
-(ties split the cotangent equally), with the tie count computed as an int32 sum that XLA fuses
-with the comparison instead of materializing a float32 indicator array as ``jnp.max``'s rule does:
-forward+backward (128,32,32,64) 25-37 ms vs 39-47 ms for ``jax.vjp`` of ``jnp.max``; (256,8,8,192)
-2.8-3.1 vs 11.5-14.5. Forward mode works (custom_jvp, not custom_vjp), and so does every order.
+Gradients: ``spatial_sum`` and ``spatial_max`` are ``jax.custom_jvp`` functions whose tangent is
+a plain ``jnp`` expression, so reverse mode transposes it to a broadcast (sum) or to
+``where(x == max, g / count, 0)`` (max), not to a dot or a tree. The max rule is jnp.max's (ties
+share the cotangent equally). Its (max, tie count) pair comes from ``_max_count`` (itself a
+custom_jvp, so every order of differentiation keeps jnp.max's rule) in one pass over x where
+possible: Q > 1 computes chunk maxima and their counts in the same loop fusion; Q == 1 counts
+ties with a tree that also flags NaN; 16-bit floats sum a bfloat16 indicator with YNNPACK.
+``jax.vjp`` of ``jnp.max`` instead writes two full-size float32 temporaries:
+forward+backward (128,32,32,64) 14-18 ms vs 36-48; (256,8,8,192) 1.0-2.4 vs 4.4-12.5;
+(64,56,56,256) 67-115 vs 190-280 (the gradient write itself, page faults included, is 50-77).
+Forward mode works (custom_jvp, not custom_vjp), and so does every order.
 """
 
 import functools
@@ -207,8 +209,8 @@ def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
 
     On CPU, float32 sums run as a batched matrix-vector product with a ones vector (channels
     last, one batch >= 16K elements: up to 2x faster than ``jnp.sum``, near memory bandwidth) or
-    as ``x @ ones`` (channels first); see the module docstring for the measurements. A custom JVP
-    keeps the gradient a plain broadcast.
+    as ``x @ ones`` (channels first, rows <= 256); see the module docstring for the measurements.
+    A custom JVP keeps the gradient a plain broadcast (custom_jvp: forward mode works too).
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)
@@ -397,7 +399,8 @@ def _cpu_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 
 def _cpu_max_count(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """(max, int32 count of elements equal to it), NaN-exact, in two passes over x."""
+    """(max, int32 count of elements equal to it), NaN-exact: one pass over x for channels
+    last (fused chunk max + count), two otherwise (YNNPACK max, then a counting pass)."""
     prq = _collapse(x.shape, axes) if x.size else None
     if prq is None:
         return _plain_max_count(x, axes)
@@ -481,10 +484,12 @@ def _max_count_jvp(axes, primals, tangents):
 def spatial_max(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     """``jnp.max(x, axis=axes)`` in x's dtype, NaN-propagating, with ``jnp.max``'s gradient.
 
-    On CPU, YNNPACK's reduce-max drops NaN and is slow for channels-last layouts; see the module
-    docstring for the tree formulation used instead (NaN-exact, 1.2-1.5x faster on large maps).
-    The gradient splits the cotangent equally among tied maxima, exactly as ``jax.grad`` of
-    ``jnp.max``; it is a custom JVP, so forward mode and higher orders work.
+    On CPU, ``jnp.max`` (YNNPACK) drops NaN and is slow for channels-last layouts: float32
+    channels last runs as elementwise max trees instead (NaN-exact; (64,56,56,256) 8-11 ms vs
+    11-14), other cases as YNNPACK's max plus a NaN check; see the module docstring. The
+    gradient splits the cotangent equally among tied maxima, exactly as ``jax.grad`` of
+    ``jnp.max``, in 2.5-5x less time than it; it is a custom JVP, so forward mode and higher
+    orders work.
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)
