@@ -356,6 +356,11 @@ def check_bool(fn: str, arg: str, value: Any) -> None:
         raise ValueError(f"{fn}: {arg} must be a Python bool, got {value!r}.")
 
 
+def _tuples(value: Any) -> Any:
+    """Lists (nested) as tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 def pooling_function(
     *, static: tuple[str, ...], checks: Mapping[str, Callable[[str, str, Any], None]] = {}
 ) -> Callable:
@@ -365,7 +370,8 @@ def pooling_function(
     and static configuration, and calls inside a user's transformation simply inline it. Before
     that, ``checks`` validate concrete hyperparameter values (e.g. ``p > 0``) so that a bad value
     raises ValueError even though jit would turn it into a tracer; traced values pass unchecked.
-    ``axis`` given as a list is turned into a tuple so that it can be static.
+    Static arguments given as lists (``axis=[1, 2]``, ``kernel_size=[3, 3]``, nested padding
+    pairs) are turned into tuples so that they can be hashed.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -374,17 +380,18 @@ def pooling_function(
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            if isinstance(kwargs.get("axis"), list):
-                kwargs["axis"] = tuple(kwargs["axis"])
-            if checks:
-                try:
-                    bound = signature.bind(*args, **kwargs)
-                except TypeError as e:
-                    raise TypeError(f"{fn.__name__}: {e}") from None
-                for arg, check in checks.items():
-                    if arg in bound.arguments:
-                        check(fn.__name__, arg, bound.arguments[arg])
-            return jitted(*args, **kwargs)
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{fn.__name__}: {e}") from None
+            arguments = bound.arguments
+            for arg in static:
+                if isinstance(arguments.get(arg), list | tuple):
+                    arguments[arg] = _tuples(arguments[arg])
+            for arg, check in checks.items():
+                if arg in arguments:
+                    check(fn.__name__, arg, arguments[arg])
+            return jitted(*bound.args, **bound.kwargs)
 
         wrapper.jitted = jitted  # the compiled function, e.g. for inspecting its cache
         return wrapper

@@ -1,0 +1,538 @@
+"""Window geometry and the tap engine behind windowed and adaptive pooling (private).
+
+Geometry: for every pooled axis, ``AxisWindows`` says where each output's window reads. Output
+``i`` reads input positions ``base[i] + j * dilation`` for the taps ``j < size[i]`` that fall inside
+``[0, length)``; the other taps read padding. Windowed pooling has ``base[i] = i * stride - pad_lo``
+and ``size[i] = kernel``; adaptive pooling has PyTorch's ``[floor(i L / out), ceil((i+1) L / out))``.
+The output-length rules of PyTorch, Caffe and Keras live here, with the argument checks.
+
+Engine: a window reduction is a reduction over *taps*. Tap ``j`` of an axis is one array of the
+output's length, gathered from the input: where the positions it reads form an arithmetic
+progression (every windowed pool; adaptive pools whose windows tile the input) it is a strided
+``lax.slice`` padded with the reduction's identity over the outputs whose tap lies in padding, so
+XLA fuses all the taps of a window into one loop over the output that reads the input once and
+never materializes a padded copy. Otherwise (adaptive windows of varying size) it is a gather.
+Small windows reduce all their axes at once (one fused loop, ``prod(kernel)`` taps); larger ones
+axis by axis, last axis first (``sum(kernel)`` taps), which gives the same maxima, the same sums up
+to rounding, and, for max, the same winner as a row-major scan of the whole window.
+
+Max/min pooling route the gradient to one winner per window, PyTorch's rule: the first maximum in
+row-major window order, or the last NaN if the window holds any. A custom VJP records the winning
+tap (an int8 per output) in the forward pass, and the backward pass is the transpose of the tap
+gathers applied to the cotangent masked by the winner: one fused loop writing the gradient, no
+scatter and no second read of the input (XLA's select-and-scatter is 10x slower on CPU).
+"""
+
+import dataclasses
+import itertools
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gapjax.pooling._common import DATA_FORMATS
+
+CONVENTIONS = ("pytorch", "caffe")
+# Windows with at most this many cells reduce all axes in one fused loop; larger ones go axis by
+# axis.
+_DIRECT_MAX_TAPS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AxisWindows:
+    """The windows of one pooled axis.
+
+    Attributes:
+      length: the input length along the axis.
+      base: ``(out,)`` input position of each output's first tap (negative in the left padding).
+      size: ``(out,)`` number of taps of each output's window (taps past it read nothing).
+      dilation: spacing of the taps.
+      taps: the most taps any window has.
+      inside: ``(out,)`` cells of each window inside the padded extent (PyTorch's and Caffe's
+        ``count_include_pad`` divisor); None for adaptive windows.
+    """
+
+    length: int
+    base: np.ndarray
+    size: np.ndarray
+    dilation: int = 1
+    inside: np.ndarray | None = None
+
+    @property
+    def out(self) -> int:
+        return int(self.base.shape[0])
+
+    @property
+    def taps(self) -> int:
+        return int(self.size.max()) if self.out else 0
+
+    def src(self, j: int) -> np.ndarray:
+        """Input position read by tap ``j`` of every output, -1 where it reads padding."""
+        pos = self.base + j * self.dilation
+        ok = (j < self.size) & (pos >= 0) & (pos < self.length)
+        return np.where(ok, pos, -1)
+
+    def valid_counts(self) -> np.ndarray:
+        """Cells of each window inside the input (``count_include_pad=False``'s divisor)."""
+        return sum((self.src(j) >= 0).astype(np.int64) for j in range(self.taps))
+
+    def first_valid(self) -> np.ndarray:
+        """Index of each output's first tap inside the input, -1 for an empty window."""
+        first = np.full(self.out, -1, np.int64)
+        for j in reversed(range(self.taps)):
+            first = np.where(self.src(j) >= 0, j, first)
+        return first
+
+
+def output_length(
+    length: int,
+    kernel: int,
+    stride: int,
+    pad: tuple[int, int],
+    dilation: int,
+    ceil_mode: bool,
+    convention: str,
+) -> int:
+    """Output length of one axis under PyTorch's or Caffe's rule (REFERENCE.md section 1).
+
+    ``pad`` is ``(lo, hi)``; PyTorch and Caffe pad symmetrically, and the rules generalize by
+    using ``lo + hi`` for ``2 p`` and ``lo`` for the left padding in the ceil-mode correction.
+    """
+    lo, hi = pad
+    eff = dilation * (kernel - 1) + 1
+    if convention == "pytorch":
+        out = (length + lo + hi - eff + (stride - 1 if ceil_mode else 0)) // stride + 1
+        if ceil_mode and (out - 1) * stride >= length + lo:
+            out -= 1  # a window may not start in the right padding
+        return out
+    span = length + lo + hi - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if (lo or hi) and (out - 1) * stride >= length + lo:
+        out -= 1  # Caffe clips only when there is padding
+    return out
+
+
+def same_padding(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
+    """Keras/TF "same": ``(out, lo, hi)`` with out = ceil(L / s), the extra cell on the high side."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - length, 0)
+    return out, total // 2, total - total // 2
+
+
+def windowed_axis(
+    length: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int, out: int
+) -> AxisWindows:
+    """The windows of a windowed pool along one axis."""
+    lo, hi = pad
+    base = np.arange(out, dtype=np.int64) * stride - lo
+    inside = np.clip(np.minimum(base + kernel, length + hi) - base, 0, None)
+    return AxisWindows(length, base, np.full(out, kernel, np.int64), dilation, inside)
+
+
+def adaptive_axis(length: int, out: int) -> AxisWindows:
+    """PyTorch's adaptive windows: ``[floor(i L / out), ceil((i + 1) L / out))``."""
+    i = np.arange(out, dtype=np.int64)
+    start = (i * length) // out
+    end = -((-(i + 1) * length) // out)
+    return AxisWindows(length, start, end - start)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing (trace time, static values).
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def per_axis(value: Any, n: int, *, arg: str, fn: str, minimum: int) -> tuple[int, ...]:
+    """An int or a sequence of n ints, each >= minimum, as an n-tuple."""
+    values = (value,) * n if _is_int(value) else value
+    if (
+        not isinstance(values, Sequence)
+        or isinstance(values, str)
+        or len(values) != n
+        or not all(_is_int(v) for v in values)
+    ):
+        raise ValueError(
+            f"{fn}: {arg} must be an int or a sequence of {n} ints (one per spatial axis), "
+            f"got {value!r}."
+        )
+    if any(v < minimum for v in values):
+        raise ValueError(f"{fn}: {arg} must be >= {minimum} on every axis, got {value!r}.")
+    return tuple(int(v) for v in values)
+
+
+def spatial_rank(x_ndim: int, spec: Any, *, arg: str, fn: str, data_format: str) -> int:
+    """The number of spatial axes: len(spec) for a sequence, else x.ndim - 2 (batch, channels)."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"{fn}: data_format must be one of {DATA_FORMATS}, got {data_format!r}.")
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        n = len(spec)
+        if not 1 <= n <= 3:
+            raise ValueError(f"{fn}: {arg} must name 1, 2 or 3 spatial axes, got {spec!r}.")
+        if x_ndim < n + 1:
+            raise ValueError(
+                f"{fn}: x of rank {x_ndim} cannot hold {n} spatial axes and a channel axis "
+                f"({arg}={spec!r})."
+            )
+        return n
+    n = x_ndim - 2
+    if not 1 <= n <= 3:
+        layout = "(batch, *spatial, channels)" if data_format == "channels_last" else (
+            "(batch, channels, *spatial)"
+        )
+        raise ValueError(
+            f"{fn}: with an int {arg}, x must have rank 3, 4 or 5, {layout}; got rank {x_ndim}. "
+            f"Give {arg} as a tuple (one entry per spatial axis) for unbatched input or extra "
+            "leading axes."
+        )
+    return n
+
+
+def spatial_axes(x_ndim: int, n: int, data_format: str) -> tuple[int, ...]:
+    """The positions of the n spatial axes of x under data_format."""
+    if data_format == "channels_last":
+        return tuple(range(x_ndim - n - 1, x_ndim - 1))
+    return tuple(range(x_ndim - n, x_ndim))
+
+
+def parse_padding(padding: Any, n: int, fn: str) -> str | tuple[tuple[int, int], ...]:
+    """"same", "valid", or per-axis (lo, hi) pairs from an int, n ints or n pairs."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in ("same", "valid"):
+            raise ValueError(f"{fn}: padding must be an int, pairs, 'same' or 'valid'; got {padding!r}.")
+        return mode
+    if _is_int(padding):
+        padding = (padding,) * n
+    ok = isinstance(padding, Sequence) and len(padding) == n
+    pairs = []
+    for p in padding if ok else ():
+        if _is_int(p):
+            pairs.append((int(p), int(p)))
+        elif isinstance(p, Sequence) and len(p) == 2 and all(_is_int(v) for v in p):
+            pairs.append((int(p[0]), int(p[1])))
+        else:
+            ok = False
+    if not ok:
+        raise ValueError(
+            f"{fn}: padding must be an int, {n} ints, {n} (lo, hi) pairs, 'same' or 'valid'; "
+            f"got {padding!r}."
+        )
+    if any(v < 0 for pair in pairs for v in pair):
+        raise ValueError(f"{fn}: padding must be >= 0, got {padding!r}.")
+    return tuple(pairs)
+
+
+def windowed_plan(
+    shape: tuple[int, ...],
+    axes: tuple[int, ...],
+    *,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: Any,
+    dilation: tuple[int, ...],
+    ceil_mode: bool,
+    convention: str,
+    fn: str,
+) -> list[AxisWindows]:
+    """Validates the geometry and returns the windows of every pooled axis."""
+    plans = []
+    for a, k, s, d, i in zip(axes, kernel, stride, dilation, range(len(axes)), strict=True):
+        length = shape[a]
+        eff = d * (k - 1) + 1
+        if padding == "same":
+            out, lo, hi = same_padding(length, k, s, d)
+        else:
+            lo, hi = (0, 0) if padding == "valid" else padding[i]
+            if convention == "pytorch" and max(lo, hi) > eff // 2:
+                raise ValueError(
+                    f"{fn}: padding {(lo, hi) if lo != hi else lo} on spatial axis {i} is more "
+                    f"than half the (dilated) kernel {eff}; PyTorch forbids it (padding <= "
+                    f"{eff // 2}). Pad x explicitly if you mean it."
+                )
+            if convention == "caffe" and max(lo, hi) >= k:
+                raise ValueError(
+                    f"{fn}: padding {max(lo, hi)} on spatial axis {i} must be smaller than the "
+                    f"kernel {k} under Caffe's convention."
+                )
+            out = output_length(length, k, s, (lo, hi), d, ceil_mode, convention)
+        if out < 1:
+            raise ValueError(
+                f"{fn}: the (dilated) kernel {eff} is larger than spatial axis {i} of x (length "
+                f"{length}, padded {lo}+{hi}): x of shape {shape} gives no output."
+            )
+        plans.append(windowed_axis(length, k, s, (lo, hi), d, out))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------
+# The tap engine.
+# --------------------------------------------------------------------------------------------
+
+
+def _fill_array(fill: Any, dtype) -> jax.Array:
+    return jnp.asarray(fill, dtype)
+
+
+def take_tap(x: jax.Array, axis: int, src: np.ndarray, fill: Any) -> jax.Array:
+    """Positions ``src`` (-1: padding, read as ``fill``) of x along ``axis``."""
+    out = src.shape[0]
+    valid = src >= 0
+    idx = np.flatnonzero(valid)
+    shape = list(x.shape)
+    shape[axis] = out
+    if idx.size == 0:
+        return jnp.full(shape, fill, x.dtype)
+    a, b = int(idx[0]), int(idx[-1]) + 1
+    seg = src[a:b]
+    step = int(seg[1] - seg[0]) if seg.size > 1 else 1
+    if idx.size == b - a and step > 0 and np.array_equal(seg, seg[0] + step * np.arange(seg.size)):
+        y = lax.slice_in_dim(x, int(seg[0]), int(seg[-1]) + 1, step, axis)
+        if a or out - b:
+            config = [(0, 0, 0)] * x.ndim
+            config[axis] = (a, out - b, 0)
+            y = lax.pad(y, _fill_array(fill, x.dtype), config)
+        return y
+    y = jnp.take(x, np.where(valid, src, 0), axis=axis, mode="clip")
+    if not valid.all():
+        keep = valid.reshape([out if i == axis else 1 for i in range(x.ndim)])
+        y = jnp.where(keep, y, _fill_array(fill, x.dtype))
+    return y
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stage:
+    """A reduction over the windows of some axes at once: its taps in row-major order."""
+
+    axes: tuple[int, ...]
+    windows: tuple[AxisWindows, ...]
+
+    @property
+    def combos(self) -> list[tuple[int, ...]]:
+        return list(itertools.product(*(range(w.taps) for w in self.windows)))
+
+    def tap(self, x: jax.Array, combo: tuple[int, ...], fill: Any) -> jax.Array:
+        for axis, w, j in zip(self.axes, self.windows, combo, strict=True):
+            x = take_tap(x, axis, w.src(j), fill)
+        return x
+
+    def taps(self, x: jax.Array, fill: Any) -> list[jax.Array]:
+        return [self.tap(x, c, fill) for c in self.combos]
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = list(shape)
+        for axis, w in zip(self.axes, self.windows, strict=True):
+            shape[axis] = w.out
+        return tuple(shape)
+
+    def grid(self, values: Sequence[np.ndarray], ndim: int) -> np.ndarray:
+        """Combines per-axis ``(out,)`` arrays into one broadcasting against the stage output."""
+        out = None
+        for axis, v in zip(self.axes, values, strict=True):
+            v = np.asarray(v).reshape([-1 if i == axis else 1 for i in range(ndim)])
+            out = v if out is None else out + v
+        return out
+
+    def first_valid(self, ndim: int) -> np.ndarray:
+        """Row-major index of each output's first tap inside the input, -1 if none."""
+        firsts = [w.first_valid() for w in self.windows]
+        sizes = [w.taps for w in self.windows]
+        flat = self.grid(
+            [f * math.prod(sizes[i + 1 :]) for i, f in enumerate(firsts)], ndim
+        )
+        empty = self.grid([(f < 0).astype(np.int64) for f in firsts], ndim) > 0
+        return np.where(empty, -1, flat)
+
+
+def stages(axes: Sequence[int], windows: Sequence[AxisWindows]) -> list[Stage]:
+    """One stage for small windows; else one per axis, the last axis first."""
+    if math.prod(w.taps for w in windows) <= _DIRECT_MAX_TAPS or len(axes) == 1:
+        return [Stage(tuple(axes), tuple(windows))]
+    return [Stage((a,), (w,)) for a, w in reversed(list(zip(axes, windows, strict=True)))]
+
+
+def window_sum(x: jax.Array, plan: list[Stage]) -> jax.Array:
+    """Sum over every window (padding reads 0), stage by stage; differentiable as it is."""
+    for stage in plan:
+        taps = stage.taps(x, 0)
+        x = taps[0]
+        for t in taps[1:]:
+            x = x + t
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Max / min with one winner per window.
+# --------------------------------------------------------------------------------------------
+
+
+def _identity(dtype, largest: bool):
+    """The value padding reads: -inf for max (+inf for min); integer extremes."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return -jnp.inf if largest else jnp.inf
+    if dtype == jnp.bool_:
+        return not largest
+    info = jnp.iinfo(dtype)
+    return info.min if largest else info.max
+
+
+def _better(v: jax.Array, best: jax.Array, largest: bool) -> jax.Array:
+    """PyTorch's scan rule: a strictly better value, or any NaN, takes over."""
+    take = v > best if largest else v < best
+    if jnp.issubdtype(v.dtype, jnp.floating):
+        take = take | jnp.isnan(v)
+    return take
+
+
+def _select(stage: Stage, x: jax.Array, largest: bool, payloads: Sequence[jax.Array] = ()):
+    """(extreme, winning tap, payloads at the winner) over each window of the stage.
+
+    The winner starts at each window's first tap inside the input (PyTorch starts its scan there,
+    so a window of -inf values points at its first cell) and moves on by ``_better``.
+    """
+    fill = _identity(x.dtype, largest)
+    combos = stage.combos
+    idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
+    win = jnp.asarray(stage.first_valid(x.ndim), idx_dtype)
+    best = None
+    for t, combo in enumerate(combos):
+        v = stage.tap(x, combo, fill)
+        if best is None:
+            best = v
+            win = jnp.broadcast_to(win, v.shape)
+        else:
+            take = _better(v, best, largest)
+            best = jnp.where(take, v, best)
+            win = jnp.where(take, jnp.asarray(t, idx_dtype), win)
+    return best, win, [_pick(stage, p, win) for p in payloads]
+
+
+def _pick(stage: Stage, p: jax.Array, win: jax.Array) -> jax.Array:
+    """The stage taps of ``p`` at tap ``win`` (0 where win matches no tap)."""
+    out = None
+    for t, combo in enumerate(stage.combos):
+        pv = jnp.where(win == t, stage.tap(p, combo, 0), 0)
+        out = pv if out is None else out + pv
+    return out
+
+
+def _extreme(stage: Stage, x: jax.Array, largest: bool) -> jax.Array:
+    """The extreme of each window only (NaN-propagating maximum/minimum): the fast forward."""
+    fill = _identity(x.dtype, largest)
+    op = jnp.maximum if largest else jnp.minimum
+    out = None
+    for combo in stage.combos:
+        v = stage.tap(x, combo, fill)
+        out = v if out is None else op(out, v)
+    return out
+
+
+def _route(stage: Stage, g: jax.Array, win: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
+    """The cotangent of the stage input: g sent to each window's winning tap."""
+    combos = stage.combos
+    acc = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype
+    transpose = jax.linear_transpose(
+        lambda y: stage.taps(y, 0), jax.ShapeDtypeStruct(in_shape, acc)
+    )
+    masked = [jnp.where(win == t, g.astype(acc), 0) for t in range(len(combos))]
+    (dx,) = transpose(masked)
+    return dx.astype(g.dtype)
+
+
+def window_extreme(
+    x: jax.Array, plan: list[Stage], *, largest: bool, want_index: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """Max (or min) over every window, gradient to one winner; optionally the winner's position.
+
+    The position is the flat index of the winner in the input's pooled axes (row-major), as
+    PyTorch's ``return_indices``; -1 for an empty window (Caffe's rule can make one).
+    """
+    axes = [a for stage in plan for a in stage.axes]
+    spatial = sorted(axes)
+    strides = {a: math.prod(x.shape[b] for b in spatial if b > a) for a in spatial}
+
+    def forward(x, with_winners: bool):
+        winners, coords = [], []
+        for stage in plan:
+            if not (with_winners or want_index):
+                x = _extreme(stage, x, largest)
+                continue
+            shape_in = x.shape
+            x, win, coords = _select(stage, x, largest, coords)
+            winners.append((win, shape_in))
+            if want_index:
+                for axis, w, j in _unravel(stage, win):
+                    base = jnp.asarray(w.base.reshape([-1 if i == axis else 1 for i in range(x.ndim)]))
+                    coords.append((base + j * w.dilation) * strides[axis])
+        index = None
+        if want_index:
+            index = sum(coords[1:], coords[0])
+            empty = _empty(plan, x.ndim)
+            if empty is not None:
+                index = jnp.where(empty, -1, index)
+            index = jnp.broadcast_to(index, x.shape)
+        return x, index, winners
+
+    floating = jnp.issubdtype(x.dtype, jnp.floating)
+    if not floating:
+        out, index, _ = forward(x, False)
+        return out, index
+
+    @jax.custom_vjp
+    def extreme(x):
+        out, index, _ = forward(x, False)
+        return out, index
+
+    def fwd(x):
+        out, index, winners = forward(x, True)
+        return (out, index), winners
+
+    def bwd(winners, cotangents):
+        g = cotangents[0]
+        for stage, (win, shape_in) in zip(reversed(plan), reversed(winners), strict=True):
+            g = _route(stage, g, win, shape_in)
+        return (g,)
+
+    extreme.defvjp(fwd, bwd)
+    out, index = extreme(x)
+    return out, index
+
+
+def _unravel(stage: Stage, win: jax.Array):
+    """Per-axis tap index of the winning row-major tap ``win``."""
+    sizes = [w.taps for w in stage.windows]
+    rest = win.astype(jnp.int32)
+    out = []
+    for i in reversed(range(len(sizes))):
+        out.append((stage.axes[i], stage.windows[i], rest % sizes[i]))
+        rest = rest // sizes[i]
+    return out
+
+
+def _empty(plan: list[Stage], ndim: int) -> np.ndarray | None:
+    """Where a window has no cell inside the input (only Caffe's output rule makes these)."""
+    empty = None
+    for stage in plan:
+        e = stage.first_valid(ndim) < 0
+        if e.any():
+            empty = e if empty is None else (empty | e)
+    return empty
+
+
+def check_convention(convention: str, fn: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"{fn}: convention must be one of {CONVENTIONS}, got {convention!r}.")
+
