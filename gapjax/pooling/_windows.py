@@ -3,7 +3,8 @@
 Geometry: for every pooled axis, ``AxisWindows`` says where each output's window reads. Output
 ``i`` reads input positions ``base[i] + j * dilation`` for the taps ``j < size[i]`` that fall inside
 ``[0, length)``; the other taps read padding. Windowed pooling has ``base[i] = i * stride - pad_lo``
-and ``size[i] = kernel``; adaptive pooling has PyTorch's ``[floor(i L / out), ceil((i+1) L / out))``.
+and ``size[i] = kernel``; adaptive pooling has PyTorch's windows
+``[floor(i L / out), ceil((i+1) L / out))``.
 The output-length rules of PyTorch, Caffe and Keras live here, with the argument checks.
 
 Engine: a window reduction is a reduction over *taps*. Tap ``j`` of an axis is one array of the
@@ -24,6 +25,7 @@ scatter and no second read of the input (XLA's select-and-scatter is 10x slower 
 """
 
 import dataclasses
+import functools
 import itertools
 import math
 import numbers
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gapjax.pooling import _kernels
 from gapjax.pooling._common import DATA_FORMATS
 
 CONVENTIONS = ("pytorch", "caffe")
@@ -123,7 +126,7 @@ def output_length(
 
 
 def same_padding(length: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
-    """Keras/TF "same": ``(out, lo, hi)`` with out = ceil(L / s), the extra cell on the high side."""
+    """Keras/TF "same": ``(out, lo, hi)``, out = ceil(L / s), the extra cell on the high side."""
     out = -(-length // stride)
     total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - length, 0)
     return out, total // 2, total - total // 2
@@ -190,8 +193,10 @@ def spatial_rank(x_ndim: int, spec: Any, *, arg: str, fn: str, data_format: str)
         return n
     n = x_ndim - 2
     if not 1 <= n <= 3:
-        layout = "(batch, *spatial, channels)" if data_format == "channels_last" else (
-            "(batch, channels, *spatial)"
+        layout = (
+            "(batch, *spatial, channels)"
+            if data_format == "channels_last"
+            else ("(batch, channels, *spatial)")
         )
         raise ValueError(
             f"{fn}: with an int {arg}, x must have rank 3, 4 or 5, {layout}; got rank {x_ndim}. "
@@ -209,11 +214,13 @@ def spatial_axes(x_ndim: int, n: int, data_format: str) -> tuple[int, ...]:
 
 
 def parse_padding(padding: Any, n: int, fn: str) -> str | tuple[tuple[int, int], ...]:
-    """"same", "valid", or per-axis (lo, hi) pairs from an int, n ints or n pairs."""
+    """ "same", "valid", or per-axis (lo, hi) pairs from an int, n ints or n pairs."""
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in ("same", "valid"):
-            raise ValueError(f"{fn}: padding must be an int, pairs, 'same' or 'valid'; got {padding!r}.")
+            raise ValueError(
+                f"{fn}: padding must be an int, pairs, 'same' or 'valid'; got {padding!r}."
+            )
         return mode
     if _is_int(padding):
         padding = (padding,) * n
@@ -283,34 +290,54 @@ def windowed_plan(
 # --------------------------------------------------------------------------------------------
 
 
-def _fill_array(fill: Any, dtype) -> jax.Array:
-    return jnp.asarray(fill, dtype)
+def _tap_plan(src: np.ndarray):
+    """How to read positions ``src`` (-1: padding): a strided slice then padding, or a gather.
 
-
-def take_tap(x: jax.Array, axis: int, src: np.ndarray, fill: Any) -> jax.Array:
-    """Positions ``src`` (-1: padding, read as ``fill``) of x along ``axis``."""
+    Returns ("slice", start, stop, step, lo, hi), ("gather", indices, valid) or ("empty",).
+    """
     out = src.shape[0]
     valid = src >= 0
     idx = np.flatnonzero(valid)
-    shape = list(x.shape)
-    shape[axis] = out
     if idx.size == 0:
-        return jnp.full(shape, fill, x.dtype)
+        return ("empty",)
     a, b = int(idx[0]), int(idx[-1]) + 1
     seg = src[a:b]
     step = int(seg[1] - seg[0]) if seg.size > 1 else 1
     if idx.size == b - a and step > 0 and np.array_equal(seg, seg[0] + step * np.arange(seg.size)):
-        y = lax.slice_in_dim(x, int(seg[0]), int(seg[-1]) + 1, step, axis)
-        if a or out - b:
-            config = [(0, 0, 0)] * x.ndim
-            config[axis] = (a, out - b, 0)
-            y = lax.pad(y, _fill_array(fill, x.dtype), config)
-        return y
-    y = jnp.take(x, np.where(valid, src, 0), axis=axis, mode="clip")
-    if not valid.all():
-        keep = valid.reshape([out if i == axis else 1 for i in range(x.ndim)])
-        y = jnp.where(keep, y, _fill_array(fill, x.dtype))
-    return y
+        return ("slice", int(seg[0]), int(seg[-1]) + 1, step, a, out - b)
+    return ("gather", np.where(valid, src, 0), valid)
+
+
+def take_taps(x: jax.Array, reads: Sequence[tuple[int, np.ndarray]], fill: Any) -> jax.Array:
+    """Positions ``src`` of x along each ``(axis, src)`` of ``reads``; -1 reads ``fill``.
+
+    All slices (and gathers) come first and one pad last: a pad between two slices would be
+    shared by several taps, and XLA would write it out instead of fusing it.
+    """
+    plans = [(axis, _tap_plan(src), src.shape[0]) for axis, src in reads]
+    if any(p[0] == "empty" for _, p, _ in plans):
+        shape = list(x.shape)
+        for axis, _, out in plans:
+            shape[axis] = out
+        return jnp.full(shape, fill, x.dtype)
+    config = [(0, 0, 0)] * x.ndim
+    masks = []
+    for axis, p, out in plans:
+        if p[0] == "slice":
+            _, start, stop, step, lo, hi = p
+            x = lax.slice_in_dim(x, start, stop, step, axis)
+            config[axis] = (lo, hi, 0)
+        else:
+            _, indices, valid = p
+            x = jnp.take(x, indices, axis=axis, mode="clip")
+            if not valid.all():
+                masks.append(valid.reshape([out if i == axis else 1 for i in range(x.ndim)]))
+    if any(c != (0, 0, 0) for c in config):
+        x = lax.pad(x, jnp.asarray(fill, x.dtype), config)
+    if masks:
+        keep = functools.reduce(np.logical_and, masks)
+        x = jnp.where(keep, x, jnp.asarray(fill, x.dtype))
+    return x
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -325,9 +352,15 @@ class Stage:
         return list(itertools.product(*(range(w.taps) for w in self.windows)))
 
     def tap(self, x: jax.Array, combo: tuple[int, ...], fill: Any) -> jax.Array:
-        for axis, w, j in zip(self.axes, self.windows, combo, strict=True):
-            x = take_tap(x, axis, w.src(j), fill)
-        return x
+        reads = [(a, w.src(j)) for a, w, j in zip(self.axes, self.windows, combo, strict=True)]
+        return take_taps(x, reads, fill)
+
+    def valid(self, combo: tuple[int, ...], ndim: int) -> np.ndarray | None:
+        """Where tap ``combo`` reads inside the input (None: everywhere)."""
+        masks = [w.src(j) >= 0 for w, j in zip(self.windows, combo, strict=True)]
+        if all(m.all() for m in masks):
+            return None
+        return self.grid([m.astype(np.int64) for m in masks], ndim) == len(masks)
 
     def taps(self, x: jax.Array, fill: Any) -> list[jax.Array]:
         return [self.tap(x, c, fill) for c in self.combos]
@@ -350,9 +383,7 @@ class Stage:
         """Row-major index of each output's first tap inside the input, -1 if none."""
         firsts = [w.first_valid() for w in self.windows]
         sizes = [w.taps for w in self.windows]
-        flat = self.grid(
-            [f * math.prod(sizes[i + 1 :]) for i, f in enumerate(firsts)], ndim
-        )
+        flat = self.grid([f * math.prod(sizes[i + 1 :]) for i, f in enumerate(firsts)], ndim)
         empty = self.grid([(f < 0).astype(np.int64) for f in firsts], ndim) > 0
         return np.where(empty, -1, flat)
 
@@ -397,27 +428,46 @@ def _better(v: jax.Array, best: jax.Array, largest: bool) -> jax.Array:
     return take
 
 
+def _written_out(fn, x: jax.Array) -> jax.Array:
+    """``fn(x)``, written out to memory on CPU.
+
+    Without this, XLA fuses the computation of a window's winner into every tap of the backward
+    pass that reads it and recomputes it once per tap (10x slower); a conditional is a fusion
+    boundary XLA keeps (see ``_kernels._unfused``). Other platforms compute ``fn(x)`` as it is.
+    """
+    return lax.platform_dependent(x, cpu=lambda v: _kernels._unfused(fn, v), default=fn)
+
+
 def _select(stage: Stage, x: jax.Array, largest: bool, payloads: Sequence[jax.Array] = ()):
     """(extreme, winning tap, payloads at the winner) over each window of the stage.
 
-    The winner starts at each window's first tap inside the input (PyTorch starts its scan there,
-    so a window of -inf values points at its first cell) and moves on by ``_better``.
+    The winner is PyTorch's: the first tap equal to the extreme in row-major order, or the last
+    NaN; a window of -inf values (all taps equal to the padding) points at its first cell inside
+    the input, where PyTorch starts its scan. Computed from the extreme, so that the extreme
+    itself stays one fast reduction.
     """
-    fill = _identity(x.dtype, largest)
+    best = _extreme(stage, x, largest)
+    win = _written_out(lambda v: _winner(stage, v, best, largest), x)
+    return best, win, [_pick(stage, p, win) for p in payloads]
+
+
+def _winner(stage: Stage, x: jax.Array, best: jax.Array, largest: bool) -> jax.Array:
+    """The row-major index of the first tap equal to ``best`` (the last NaN if any)."""
     combos = stage.combos
     idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
-    win = jnp.asarray(stage.first_valid(x.ndim), idx_dtype)
-    best = None
-    for t, combo in enumerate(combos):
-        v = stage.tap(x, combo, fill)
-        if best is None:
-            best = v
-            win = jnp.broadcast_to(win, v.shape)
-        else:
-            take = _better(v, best, largest)
-            best = jnp.where(take, v, best)
-            win = jnp.where(take, jnp.asarray(t, idx_dtype), win)
-    return best, win, [_pick(stage, p, win) for p in payloads]
+    win = jnp.broadcast_to(jnp.asarray(stage.first_valid(x.ndim), idx_dtype), best.shape)
+    fill = _identity(x.dtype, largest)
+    taps = [stage.tap(x, c, fill) for c in combos]
+    for t in reversed(range(len(combos))):
+        hit = taps[t] == best
+        valid = stage.valid(combos[t], x.ndim)
+        if valid is not None:
+            hit = hit & valid
+        win = jnp.where(hit, jnp.asarray(t, idx_dtype), win)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        for t in range(len(combos)):
+            win = jnp.where(jnp.isnan(taps[t]), jnp.asarray(t, idx_dtype), win)
+    return win
 
 
 def _pick(stage: Stage, p: jax.Array, win: jax.Array) -> jax.Array:
@@ -475,7 +525,9 @@ def window_extreme(
             winners.append((win, shape_in))
             if want_index:
                 for axis, w, j in _unravel(stage, win):
-                    base = jnp.asarray(w.base.reshape([-1 if i == axis else 1 for i in range(x.ndim)]))
+                    base = jnp.asarray(
+                        w.base.reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+                    )
                     coords.append((base + j * w.dilation) * strides[axis])
         index = None
         if want_index:
@@ -535,4 +587,3 @@ def _empty(plan: list[Stage], ndim: int) -> np.ndarray | None:
 def check_convention(convention: str, fn: str) -> None:
     if convention not in CONVENTIONS:
         raise ValueError(f"{fn}: convention must be one of {CONVENTIONS}, got {convention!r}.")
-

@@ -205,13 +205,17 @@ def avg_pool(
       Array([[0. , 1.5, 3.5, 2.5]], dtype=float32)
     """
     fn = "avg_pool"
-    x, axes, windows = _setup(fn, x, kernel_size, stride, padding, 1, ceil_mode, convention,
-                              data_format)
+    x, axes, windows = _setup(
+        fn, x, kernel_size, stride, padding, 1, ceil_mode, convention, data_format
+    )
     if divisor_override is not None and (
-        isinstance(divisor_override, bool) or not isinstance(divisor_override, int)
+        isinstance(divisor_override, bool)
+        or not isinstance(divisor_override, int)
         or divisor_override <= 0
     ):
-        raise ValueError(f"{fn}: divisor_override must be a positive int, got {divisor_override!r}.")
+        raise ValueError(
+            f"{fn}: divisor_override must be a positive int, got {divisor_override!r}."
+        )
     if count_include_pad is None:
         count_include_pad = not isinstance(padding, str)
     acc = accum_dtype(x.dtype)
@@ -262,8 +266,9 @@ def lp_pool(
       Array([[5., 1.]], dtype=float32)
     """
     fn = "lp_pool"
-    x, axes, windows = _setup(fn, x, kernel_size, stride, padding, 1, ceil_mode, convention,
-                              data_format)
+    x, axes, windows = _setup(
+        fn, x, kernel_size, stride, padding, 1, ceil_mode, convention, data_format
+    )
     acc = accum_dtype(x.dtype)
     total = window_sum(x.astype(acc) ** p, stages(axes, windows))
     cells = float(np.prod([w.taps for w in windows]))
@@ -278,16 +283,31 @@ def lp_pool(
 # --------------------------------------------------------------------------------------------
 
 
-def _extreme_pool(fn, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
-                  convention, data_format, *, largest: bool):
-    x, axes, windows = _setup(fn, x, kernel_size, stride, padding, dilation, ceil_mode,
-                              convention, data_format)
-    out, index = window_extreme(x, stages(axes, windows), largest=largest,
-                                want_index=return_indices)
+def _extreme_pool(
+    fn,
+    x,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    ceil_mode,
+    return_indices,
+    convention,
+    data_format,
+    *,
+    largest: bool,
+):
+    x, axes, windows = _setup(
+        fn, x, kernel_size, stride, padding, dilation, ceil_mode, convention, data_format
+    )
+    out, index = window_extreme(
+        x, stages(axes, windows), largest=largest, want_index=return_indices
+    )
     if convention == "caffe" and jnp.issubdtype(x.dtype, jnp.floating):
         # Caffe starts from -FLT_MAX: an empty window (or one of -inf) gives it, not -inf.
         edge = jnp.finfo(x.dtype).min if largest else jnp.finfo(x.dtype).max
-        out = jnp.maximum(out, edge) if largest else jnp.minimum(out, edge)
+        beyond = out < edge if largest else out > edge
+        out = jnp.where(beyond, jnp.asarray(edge, x.dtype), out)
     return (out, index) if return_indices else out
 
 
@@ -337,8 +357,19 @@ def max_pool(
       >>> y[..., 0], i[..., 0]
       (Array([[3., 3.]], dtype=float32), Array([[1, 2]], dtype=int32))
     """
-    return _extreme_pool("max_pool", x, kernel_size, stride, padding, dilation, ceil_mode,
-                         return_indices, convention, data_format, largest=True)
+    return _extreme_pool(
+        "max_pool",
+        x,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        return_indices,
+        convention,
+        data_format,
+        largest=True,
+    )
 
 
 @_api("dilation", "return_indices", checks={"return_indices": check_bool})
@@ -373,8 +404,19 @@ def min_pool(
       >>> min_pool(jnp.array([[[4.0], [1.0], [3.0], [2.0]]]), 2)[..., 0]
       Array([[1., 2.]], dtype=float32)
     """
-    return _extreme_pool("min_pool", x, kernel_size, stride, padding, dilation, ceil_mode,
-                         return_indices, convention, data_format, largest=False)
+    return _extreme_pool(
+        "min_pool",
+        x,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        return_indices,
+        convention,
+        data_format,
+        largest=False,
+    )
 
 
 max_pool.__doc__ = max_pool.__doc__.replace("{returns}", _MAX_DOC_RETURNS)
@@ -384,7 +426,7 @@ min_pool.__doc__ = min_pool.__doc__.replace("{returns}", _MAX_DOC_RETURNS)
 @pooling_function(static=("kernel_size", "stride", "padding", "output_size", "data_format"))
 def max_unpool(
     x: Input,
-    indices: Int[ArrayLike, "..."],
+    indices: Shaped[ArrayLike, "..."],
     kernel_size: Size,
     *,
     stride: Size | None = None,
@@ -436,7 +478,8 @@ def max_unpool(
     stride = kernel if stride is None else per_axis(stride, n, arg="stride", fn=fn, minimum=1)
     pad = per_axis(padding, n, arg="padding", fn=fn, minimum=0)
     default = tuple(
-        (x.shape[a] - 1) * s - 2 * p + k for a, k, s, p in zip(axes, kernel, stride, pad, strict=True)
+        (x.shape[a] - 1) * s - 2 * p + k
+        for a, k, s, p in zip(axes, kernel, stride, pad, strict=True)
     )
     if output_size is None:
         size = default
@@ -453,7 +496,7 @@ def max_unpool(
             if not d - s < v < d + s:
                 raise ValueError(
                     f"{fn}: output_size {size} is not a size max_pool with this kernel, stride and "
-                    f"padding maps to x's spatial shape {tuple(x.shape[a] for a in axes)} (expected "
+                    f"padding maps to x's spatial shape {[x.shape[a] for a in axes]} (expected "
                     f"within stride of {default})."
                 )
     if any(v < 1 for v in size):
@@ -524,8 +567,9 @@ def stochastic_pool(
       Networks", ICLR 2013, arXiv:1301.3557.
     """
     fn = "stochastic_pool"
-    x, axes, windows = _setup(fn, x, kernel_size, stride, padding, 1, ceil_mode, convention,
-                              data_format)
+    x, axes, windows = _setup(
+        fn, x, kernel_size, stride, padding, 1, ceil_mode, convention, data_format
+    )
     if train and key is None:
         raise ValueError(f"{fn}: train=True samples positions and needs key=jax.random.key(...).")
     stage = Stage(axes, tuple(windows))
@@ -548,7 +592,7 @@ def stochastic_pool(
         out = jnp.where(total > 0, out, 0)
     else:
         act = [jnp.maximum(t, 0) for t in taps]  # with their gradient, unlike acts
-        out = safe_divide(sum(a * a for a in act), total)
+        out = safe_divide(sum(a * a for a in act), sum(act[1:], act[0]))
     nan = None
     for t in taps:
         bad = jnp.isnan(t)

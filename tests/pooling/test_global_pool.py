@@ -83,7 +83,7 @@ LAYOUT_IDS = [lay.name for lay in LAYOUTS]
 
 def test_registry_covers_every_public_function():
     covered = {c.fn.__name__ for c in REGISTRY} | {"catavgmax_pool"}
-    assert covered == set(pooling.__all__)
+    assert covered == set(pooling.global_pool.__all__)
     assert set(pooling.__all__) <= set(gapjax.__all__)
 
 
