@@ -3,6 +3,10 @@
     python benchmarks/pooling.py [--quick] [--repeats N] [--json PATH] [--shapes B,H,W,C ...]
                                  [--dtype float32|bfloat16]
                                  [--data-format channels_last|channels_first]
+    python benchmarks/pooling.py --suite windows [--quick] [--repeats N] [--json PATH]
+
+The default suite times global pooling; ``--suite windows`` times NIN's windowed pools and
+adaptive pooling (WINDOW_CASES below: gapjax against flax.linen and PyTorch, channels last).
 
 Shapes are given as (batch, height, width, channels) whatever the data format; with
 ``--data-format channels_first`` the arrays are (batch, channels, height, width) and PyTorch gets a
@@ -301,6 +305,145 @@ def torch_competitors(x_np, ct_np, data_format, dtype, threads):
 
 
 # --------------------------------------------------------------------------------------------
+# The windowed suite.
+# --------------------------------------------------------------------------------------------
+
+# (name, NHWC shape, gapjax, flax.linen, torch.nn.functional on an NCHW view): the same pool.
+WINDOW_CASES = [
+    (
+        "max 3x3/2 (Caffe ceil, NIN)",
+        (128, 32, 32, 96),
+        lambda g, x: g.max_pool(x, 3, stride=2, convention="caffe"),
+        lambda nn, x: nn.max_pool(x, (3, 3), (2, 2), ((0, 1), (0, 1))),
+        lambda F, t: F.max_pool2d(t, 3, 2, ceil_mode=True),
+    ),
+    (
+        "max 3x3/2 (Caffe ceil, NIN)",
+        (128, 16, 16, 192),
+        lambda g, x: g.max_pool(x, 3, stride=2, convention="caffe"),
+        lambda nn, x: nn.max_pool(x, (3, 3), (2, 2), ((0, 1), (0, 1))),
+        lambda F, t: F.max_pool2d(t, 3, 2, ceil_mode=True),
+    ),
+    (
+        "avg 3x3/1 pad 1",
+        (128, 32, 32, 96),
+        lambda g, x: g.avg_pool(x, 3, stride=1, padding=1),
+        lambda nn, x: nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1))),
+        lambda F, t: F.avg_pool2d(t, 3, 1, 1),
+    ),
+    (
+        "avg 3x3/1 pad 1",
+        (128, 16, 16, 192),
+        lambda g, x: g.avg_pool(x, 3, stride=1, padding=1),
+        lambda nn, x: nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1))),
+        lambda F, t: F.avg_pool2d(t, 3, 1, 1),
+    ),
+    (
+        "adaptive avg 7x7",
+        (64, 56, 56, 256),
+        lambda g, x: g.adaptive_avg_pool(x, 7),
+        lambda nn, x: nn.avg_pool(x, (8, 8), (8, 8)),
+        lambda F, t: F.adaptive_avg_pool2d(t, 7),
+    ),
+]
+
+
+def run_windows_suite(args, result, rounds: int, target: float) -> None:
+    """Times WINDOW_CASES (forward, forward+backward) and prints one table per pass."""
+    import flax.linen as nn
+
+    import gapjax
+
+    try:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+        F = torch.nn.functional
+        result["settings"]["torch"] = {"version": torch.__version__, "threads": args.torch_threads}
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(args.seed)
+    rows = {p: [] for p in args.passes}
+    for name, shape, g_fn, f_fn, t_fn in WINDOW_CASES:
+        x_np = rng.standard_normal(shape, dtype=np.float32)
+        x = jnp.asarray(x_np)
+        fwd = {"gapjax": lambda x, g_fn=g_fn: g_fn(gapjax, x), "flax": lambda x, f=f_fn: f(nn, x)}
+        y_ref = np.asarray(jax.jit(fwd["flax"])(x))
+        y_gap = np.asarray(jax.jit(fwd["gapjax"])(x))
+        if y_gap.shape != y_ref.shape or not np.allclose(y_gap, y_ref, rtol=1e-5, atol=1e-5):
+            result["warnings"].append(f"{name} {shape}: gapjax differs from flax")
+        ct = jnp.asarray(rng.standard_normal(y_ref.shape, dtype=np.float32))
+        if torch is not None:
+            src = torch.from_numpy(x_np).permute(0, 3, 1, 2)
+            t = torch.empty(src.shape, memory_format=torch.channels_last)
+            t.copy_(src)
+            tg = t.detach().clone(memory_format=torch.channels_last).requires_grad_(True)
+            tct = torch.from_numpy(np.asarray(ct)).permute(0, 3, 1, 2)
+        for p in args.passes:
+            fns = {}
+            for comp, f in fwd.items():
+                if p == "forward":
+                    jf = jax.jit(f)
+                    fns[comp] = lambda jf=jf, x=x: jf(x)
+                else:
+
+                    def fb(x, ct, f=f):
+                        y, pull = jax.vjp(f, x)
+                        return y, pull(ct)[0]
+
+                    jfb = jax.jit(fb)
+                    fns[comp] = lambda jfb=jfb, x=x, ct=ct: jfb(x, ct)
+            if torch is not None:
+                if p == "forward":
+
+                    def tf(t_fn=t_fn, t=t):
+                        with torch.no_grad():
+                            return t_fn(F, t)
+
+                else:
+
+                    def tf(t_fn=t_fn, tg=tg, tct=tct):
+                        y = t_fn(F, tg)
+                        y.backward(tct)
+                        dx = tg.grad
+                        tg.grad = None
+                        return y, dx
+
+                fns["torch"] = tf
+            res = run_rounds(fns, rounds, target, args.max_call_s)
+            for comp, r in res.items():
+                result["measurements"].append(
+                    {"case": name, "shape_nhwc": list(shape), "pass": p, "competitor": comp, **r}
+                )
+            gm = res["gapjax"]["median_ms"]
+            fm = res["flax"]["median_ms"]
+            tm = res.get("torch", {}).get("median_ms")
+            rows[p].append(
+                {
+                    "case": name,
+                    "shape": "x".join(map(str, shape)),
+                    "gapjax": gm,
+                    "flax": fm,
+                    "torch": tm,
+                    "vs_flax": fm / gm,
+                    "vs_torch": tm / gm if tm else None,
+                }
+            )
+            print(f"  {name} {shape} {p}: done", file=sys.stderr, flush=True)
+    for p, rs in rows.items():
+        print(f"\n## {p} (ms per call, median of {rounds} rounds; ratio > 1: gapjax faster)\n")
+        print("| pool | shape | gapjax | flax | torch | vs flax | vs torch |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for r in rs:
+            vt = "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}"
+            print(
+                f"| {r['case']} | {r['shape']} | {fmt_ms(r['gapjax'])} | {fmt_ms(r['flax'])} | "
+                f"{fmt_ms(r['torch'])} | {r['vs_flax']:.2f} | {vt} |"
+            )
+    result["tables"] = rows
+
+
+# --------------------------------------------------------------------------------------------
 # Main.
 # --------------------------------------------------------------------------------------------
 
@@ -370,6 +513,7 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", choices=PASSES, nargs="+", default=list(PASSES))
     ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suite", choices=("global", "windows"), default="global")
     ap.add_argument(
         "--flax-bf16-backward",
         action="store_true",
@@ -406,6 +550,15 @@ def main(argv=None) -> int:
         "measurements": [],
         "warnings": [],
     }
+    if args.suite == "windows":
+        print(f"# gapjax windowed pooling benchmark (float32, channels_last, {rounds} rounds)\n")
+        print(
+            f"machine: {result['machine']['processor']}, {os.cpu_count()} CPUs, "
+            f"jax {result['versions']['jax']} on {result['machine']['jax_backend']}\n",
+            flush=True,
+        )
+        run_windows_suite(args, result, rounds, target)
+        return _finish(result, args)
     source = gapjax_functions()[2]
     result["settings"]["gapjax_source"] = source
     print(f"# gapjax global pooling benchmark ({dtype}, {args.data_format}, {rounds} rounds)\n")
@@ -514,6 +667,11 @@ def main(argv=None) -> int:
                 f"({r['yard_gbs']:.1f}) | {vs} | {r['of_yard']:.2f} |"
             )
     result["tables"] = {f"{op}/{p}": rs for (op, p), rs in rows.items()}
+    return _finish(result, args)
+
+
+def _finish(result: dict, args) -> int:
+    """Prints the warnings and writes the JSON."""
     if result["warnings"]:
         print("\nWARNINGS:\n" + "\n".join(result["warnings"]))
     if args.json:
