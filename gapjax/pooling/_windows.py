@@ -89,6 +89,25 @@ class AxisWindows:
         """Cells of each window inside the input (``count_include_pad=False``'s divisor)."""
         return sum((self.src(j) >= 0).astype(np.int64) for j in range(self.taps))
 
+    def sub(self, start: int, stop: int) -> "AxisWindows":
+        """The windows of outputs ``[start, stop)``."""
+        inside = None if self.inside is None else self.inside[start:stop]
+        return dataclasses.replace(
+            self, base=self.base[start:stop], size=self.size[start:stop], inside=inside
+        )
+
+    def interior(self) -> tuple[int, int] | None:
+        """The outputs ``[a, b)`` whose every tap reads inside x (None: windows vary in size)."""
+        if self.out == 0 or not (self.size == self.taps).all():
+            return None
+        full = np.ones(self.out, bool)
+        for j in range(self.taps):
+            full &= self.src(j) >= 0
+        idx = np.flatnonzero(full)
+        if idx.size == 0 or idx.size != idx[-1] + 1 - idx[0]:
+            return None
+        return int(idx[0]), int(idx[-1]) + 1
+
     def first_valid(self) -> np.ndarray:
         """Index of each output's first tap inside the input, -1 for an empty window."""
         first = np.full(self.out, -1, np.int64)
@@ -387,6 +406,52 @@ class Stage:
         empty = self.grid([(f < 0).astype(np.int64) for f in firsts], ndim) > 0
         return np.where(empty, -1, flat)
 
+    def assemble(self, fn, k: int = 0, region: tuple[tuple[int, int], ...] | None = None):
+        """``fn(stage, region)`` for the whole output, computed region by region.
+
+        Windows that touch padding read it through ``lax.pad``, which XLA's CPU loops handle
+        element by element (10x slower than plain slices). So the output is split, axis by
+        axis, into the interior (every tap inside x: slices only) and thin borders, each
+        computed by ``fn`` on the restricted stage and concatenated back. ``fn`` returns an
+        array or a tuple of arrays laid out like the stage output.
+        """
+        if region is None:
+            region = tuple((0, w.out) for w in self.windows)
+        if k == len(self.axes):
+            sub = Stage(
+                self.axes, tuple(w.sub(*r) for w, r in zip(self.windows, region, strict=True))
+            )
+            return fn(sub, region)
+        w = self.windows[k]
+        inner = w.interior()
+        lo, hi = region[k]
+        if inner is None or inner[0] >= inner[1]:
+            return self.assemble(fn, len(self.axes), region)
+        a, b = max(inner[0], lo), min(inner[1], hi)
+
+        def at(r):
+            return (*region[:k], r, *region[k + 1 :])
+
+        parts = []
+        if a > lo:
+            parts.append(self.assemble(fn, len(self.axes), at((lo, a))))
+        parts.append(self.assemble(fn, k + 1, at((a, b))))
+        if b < hi:
+            parts.append(self.assemble(fn, len(self.axes), at((b, hi))))
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], tuple):
+            return tuple(jnp.concatenate(p, axis=self.axes[k]) for p in zip(*parts, strict=True))
+        return jnp.concatenate(parts, axis=self.axes[k])
+
+
+def _region_of(y: jax.Array, axes: tuple[int, ...], region) -> jax.Array:
+    """The part of a stage output ``y`` that ``region`` covers."""
+    for axis, (lo, hi) in zip(axes, region, strict=True):
+        if (lo, hi) != (0, y.shape[axis]):
+            y = lax.slice_in_dim(y, lo, hi, axis=axis)
+    return y
+
 
 def stages(axes: Sequence[int], windows: Sequence[AxisWindows]) -> list[Stage]:
     """One stage for small windows; else one per axis, the last axis first."""
@@ -396,13 +461,29 @@ def stages(axes: Sequence[int], windows: Sequence[AxisWindows]) -> list[Stage]:
 
 
 def window_sum(x: jax.Array, plan: list[Stage]) -> jax.Array:
-    """Sum over every window (padding reads 0), stage by stage; differentiable as it is."""
-    for stage in plan:
-        taps = stage.taps(x, 0)
-        x = taps[0]
-        for t in taps[1:]:
-            x = x + t
-    return x
+    """Sum over every window (padding reads 0), stage by stage.
+
+    The value is assembled region by region (``Stage.assemble``); the tangent is the plain
+    padded-tap formulation, which is linear, so reverse mode transposes that one: transposing
+    the assembled form would add one full-size padded array per tap and region.
+    """
+
+    def plain(v):
+        for stage in plan:
+            v = functools.reduce(jnp.add, stage.taps(v, 0))
+        return v
+
+    @jax.custom_jvp
+    def total(v):
+        for stage in plan:
+            v = stage.assemble(lambda st, _, v=v: functools.reduce(jnp.add, st.taps(v, 0)))
+        return v
+
+    @total.defjvp
+    def total_jvp(primals, tangents):
+        return total(primals[0]), plain(tangents[0])
+
+    return total(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +528,13 @@ def _select(stage: Stage, x: jax.Array, largest: bool, payloads: Sequence[jax.Ar
     itself stays one fast reduction.
     """
     best = _extreme(stage, x, largest)
-    win = _written_out(lambda v: _winner(stage, v, best, largest), x)
+
+    def winner(v):
+        return stage.assemble(
+            lambda st, region: _winner(st, v, _region_of(best, stage.axes, region), largest)
+        )
+
+    win = _written_out(winner, x)
     return best, win, [_pick(stage, p, win) for p in payloads]
 
 
@@ -483,23 +570,7 @@ def _extreme(stage: Stage, x: jax.Array, largest: bool) -> jax.Array:
     """The extreme of each window only (NaN-propagating maximum/minimum): the fast forward."""
     fill = _identity(x.dtype, largest)
     op = jnp.maximum if largest else jnp.minimum
-    out = None
-    for combo in stage.combos:
-        v = stage.tap(x, combo, fill)
-        out = v if out is None else op(out, v)
-    return out
-
-
-def _route(stage: Stage, g: jax.Array, win: jax.Array, in_shape: tuple[int, ...]) -> jax.Array:
-    """The cotangent of the stage input: g sent to each window's winning tap."""
-    combos = stage.combos
-    acc = jnp.float32 if jnp.finfo(g.dtype).bits < 32 else g.dtype
-    transpose = jax.linear_transpose(
-        lambda y: stage.taps(y, 0), jax.ShapeDtypeStruct(in_shape, acc)
-    )
-    masked = [jnp.where(win == t, g.astype(acc), 0) for t in range(len(combos))]
-    (dx,) = transpose(masked)
-    return dx.astype(g.dtype)
+    return stage.assemble(lambda st, _: functools.reduce(op, st.taps(x, fill)))
 
 
 def window_extreme(
@@ -510,57 +581,53 @@ def window_extreme(
     The position is the flat index of the winner in the input's pooled axes (row-major), as
     PyTorch's ``return_indices``; -1 for an empty window (Caffe's rule can make one).
     """
-    axes = [a for stage in plan for a in stage.axes]
-    spatial = sorted(axes)
-    strides = {a: math.prod(x.shape[b] for b in spatial if b > a) for a in spatial}
-
-    def forward(x, with_winners: bool):
-        winners, coords = [], []
-        for stage in plan:
-            if not (with_winners or want_index):
-                x = _extreme(stage, x, largest)
-                continue
-            shape_in = x.shape
-            x, win, coords = _select(stage, x, largest, coords)
-            winners.append((win, shape_in))
-            if want_index:
-                for axis, w, j in _unravel(stage, win):
-                    base = jnp.asarray(
-                        w.base.reshape([-1 if i == axis else 1 for i in range(x.ndim)])
-                    )
-                    coords.append((base + j * w.dilation) * strides[axis])
-        index = None
-        if want_index:
-            index = sum(coords[1:], coords[0])
-            empty = _empty(plan, x.ndim)
-            if empty is not None:
-                index = jnp.where(empty, -1, index)
-            index = jnp.broadcast_to(index, x.shape)
-        return x, index, winners
-
-    floating = jnp.issubdtype(x.dtype, jnp.floating)
-    if not floating:
-        out, index, _ = forward(x, False)
-        return out, index
-
-    @jax.custom_vjp
-    def extreme(x):
-        out, index, _ = forward(x, False)
-        return out, index
-
-    def fwd(x):
-        out, index, winners = forward(x, True)
-        return (out, index), winners
-
-    def bwd(winners, cotangents):
-        g = cotangents[0]
-        for stage, (win, shape_in) in zip(reversed(plan), reversed(winners), strict=True):
-            g = _route(stage, g, win, shape_in)
-        return (g,)
-
-    extreme.defvjp(fwd, bwd)
-    out, index = extreme(x)
+    out = x
+    for stage in plan:
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            out = _differentiable_extreme(stage, largest)(out)
+        else:
+            out = _extreme(stage, out, largest)
+    index = _winner_index(lax.stop_gradient(x), plan, largest) if want_index else None
     return out, index
+
+
+def _differentiable_extreme(stage: Stage, largest: bool):
+    """The stage's extreme as a custom_jvp function: the tangent is the winner's tangent.
+
+    The tangent rule is linear in the tangent, so reverse mode transposes it into "send the
+    cotangent to the winning tap" (forward mode and every order work too). The winner is
+    computed only when differentiating.
+    """
+
+    @jax.custom_jvp
+    def extreme(x):
+        return _extreme(stage, x, largest)
+
+    @extreme.defjvp
+    def extreme_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        best, win, _ = _select(stage, x, largest)
+        acc = jnp.float32 if jnp.finfo(t.dtype).bits < 32 else t.dtype
+        return best, _pick(stage, t.astype(acc), win).astype(t.dtype)
+
+    return extreme
+
+
+def _winner_index(x: jax.Array, plan: list[Stage], largest: bool) -> jax.Array:
+    """Flat spatial index (row-major) of each window's winner; -1 for an empty window."""
+    spatial = sorted(a for stage in plan for a in stage.axes)
+    strides = {a: math.prod(x.shape[b] for b in spatial if b > a) for a in spatial}
+    coords = []
+    for stage in plan:
+        x, win, coords = _select(stage, x, largest, coords)
+        for axis, w, j in _unravel(stage, win):
+            base = jnp.asarray(w.base.reshape([-1 if i == axis else 1 for i in range(x.ndim)]))
+            coords.append((base + j * w.dilation) * strides[axis])
+    index = functools.reduce(jnp.add, coords)
+    empty = _empty(plan, x.ndim)
+    if empty is not None:
+        index = jnp.where(empty, -1, index)
+    return jnp.broadcast_to(index, x.shape).astype(jnp.int32)
 
 
 def _unravel(stage: Stage, win: jax.Array):
