@@ -546,6 +546,8 @@ def main(argv=None) -> int:
             "dtype": dtype,
             "data_format": args.data_format,
             "torch_threads": args.torch_threads,
+            # glibc allocator settings change large-output times 3-5x (README, Speed).
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         },
         "measurements": [],
         "warnings": [],

@@ -499,14 +499,6 @@ def _identity(dtype, largest: bool):
     return info.min if largest else info.max
 
 
-def _better(v: jax.Array, best: jax.Array, largest: bool) -> jax.Array:
-    """PyTorch's scan rule: a strictly better value, or any NaN, takes over."""
-    take = v > best if largest else v < best
-    if jnp.issubdtype(v.dtype, jnp.floating):
-        take = take | jnp.isnan(v)
-    return take
-
-
 def _written_out(fn, x: jax.Array) -> jax.Array:
     """``fn(x)``, written out to memory on CPU.
 
