@@ -356,6 +356,13 @@ def check_bool(fn: str, arg: str, value: Any) -> None:
         raise ValueError(f"{fn}: {arg} must be a Python bool, got {value!r}.")
 
 
+def fill_doc(fn: Callable, **parts: str) -> Callable:
+    """Replaces ``{name}`` placeholders in fn's docstring (shared argument lists, Returns)."""
+    for name, text in parts.items():
+        fn.__doc__ = fn.__doc__.replace("{" + name + "}", text)
+    return fn
+
+
 def _tuples(value: Any) -> Any:
     """Lists (nested) as tuples."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value

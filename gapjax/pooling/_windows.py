@@ -309,6 +309,20 @@ def windowed_plan(
 # --------------------------------------------------------------------------------------------
 
 
+def _grid(axes: Sequence[int], values: Sequence[np.ndarray], ndim: int, combine) -> np.ndarray:
+    """Combines per-axis ``(out,)`` arrays placed on their axes into one broadcasting array."""
+    out = None
+    for axis, v in zip(axes, values, strict=True):
+        v = np.asarray(v).reshape([-1 if i == axis else 1 for i in range(ndim)])
+        out = v if out is None else combine(out, v)
+    return out
+
+
+def grid_product(axes: Sequence[int], values: Sequence[np.ndarray], ndim: int) -> np.ndarray:
+    """Outer product of per-axis ``(out,)`` arrays (e.g. window divisors), float64."""
+    return _grid(axes, [np.asarray(v, np.float64) for v in values], ndim, np.multiply)
+
+
 def _tap_plan(src: np.ndarray):
     """How to read positions ``src`` (-1: padding): a strided slice then padding, or a gather.
 
@@ -391,12 +405,8 @@ class Stage:
         return tuple(shape)
 
     def grid(self, values: Sequence[np.ndarray], ndim: int) -> np.ndarray:
-        """Combines per-axis ``(out,)`` arrays into one broadcasting against the stage output."""
-        out = None
-        for axis, v in zip(self.axes, values, strict=True):
-            v = np.asarray(v).reshape([-1 if i == axis else 1 for i in range(ndim)])
-            out = v if out is None else out + v
-        return out
+        """Sum of per-axis ``(out,)`` arrays, broadcasting against the stage output."""
+        return _grid(self.axes, values, ndim, np.add)
 
     def first_valid(self, ndim: int) -> np.ndarray:
         """Row-major index of each output's first tap inside the input, -1 if none."""
@@ -573,7 +583,7 @@ def _linear_taps(stage: Stage, t: jax.Array, win: jax.Array | None) -> jax.Array
     acc = _acc(dtype)
     out_shape = stage.out_shape(t.shape)
     t = t.astype(acc)
-    if _scatter_back(stage, None, None, t.shape) is None:  # irregular (adaptive) windows
+    if not all(_regular(w) for w in stage.windows):  # irregular (adaptive) windows
         out = functools.reduce(jnp.add, stage.taps(t, 0)) if win is None else _pick(stage, t, win)
         return out.astype(dtype)
     (out,) = jax.linear_transpose(
@@ -593,8 +603,8 @@ def _regular(w: AxisWindows) -> tuple[int, int] | None:
 
 
 def _scatter_back(
-    stage: Stage, g: jax.Array | None, win: jax.Array | None, in_shape: tuple[int, ...]
-) -> jax.Array | bool | None:
+    stage: Stage, g: jax.Array, win: jax.Array | None, in_shape: tuple[int, ...]
+) -> jax.Array | None:
     """``dx[src_t(i)] += g[i]`` over the taps t (only t == win[i] where given), without pads.
 
     Along an axis with stride s, left padding lo and dilation d, tap j of output i reads
@@ -625,8 +635,6 @@ def _scatter_back(
             tw = AxisWindows(w.out, base, np.full(Q, len(js), np.int64), step)
             phases.append((tw, js[::-1]))
         specs.append((axis, s, lo, Q, phases))
-    if g is None:  # only asked whether the windows are regular
-        return True
 
     sizes = [w.taps for w in stage.windows]
     results = {}

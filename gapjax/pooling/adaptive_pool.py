@@ -17,13 +17,14 @@ from gapjax.pooling._common import accum_dtype, as_array, check_bool, float_dtyp
 from gapjax.pooling._windows import (
     AxisWindows,
     adaptive_axis,
+    grid_product,
     spatial_axes,
     spatial_rank,
     stages,
     window_extreme,
     window_sum,
 )
-from gapjax.pooling.window_pool import Input, _grid_product
+from gapjax.pooling.window_pool import Input
 
 __all__ = ["adaptive_avg_pool", "adaptive_max_pool"]
 
@@ -82,7 +83,7 @@ def adaptive_avg_pool(
     x, axes, windows = _setup("adaptive_avg_pool", x, output_size, data_format)
     acc = accum_dtype(x.dtype)
     total = window_sum(x.astype(acc), stages(axes, windows))
-    divisor = _grid_product(axes, [w.size for w in windows], x.ndim)
+    divisor = grid_product(axes, [w.size for w in windows], x.ndim)
     return (total * jnp.asarray(1.0 / divisor, acc)).astype(float_dtype(x.dtype))
 
 

@@ -43,6 +43,7 @@ from gapjax.pooling._common import (
     check_finite,
     check_positive,
     check_unit_interval,
+    fill_doc,
     finish,
     float_dtype,
     highest,
@@ -199,11 +200,6 @@ def _weighted_mean(x: jax.Array, w: jax.Array, mask, layout: Layout) -> tuple[ja
     return safe_divide(jnp.sum(terms, axis=layout.axes), den), den != 0
 
 
-def _shared_doc(fn):
-    fn.__doc__ = fn.__doc__.replace("{shared}", _SHARED_ARGS)
-    return fn
-
-
 _SHARED_ARGS = """axis: spatial axes to pool, overriding ``data_format`` (any layout).
     data_format: "channels_last" ``(batch, *spatial, channels)`` or "channels_first"
       ``(batch, channels, *spatial)``; 1-3 spatial axes.
@@ -217,7 +213,9 @@ def _api(*static: str, checks=None):
     """Public pooling function: shared docs, jit with the layout arguments static, checks."""
 
     def decorate(fn):
-        return pooling_function(static=_LAYOUT_ARGS + static, checks=checks or {})(_shared_doc(fn))
+        return pooling_function(static=_LAYOUT_ARGS + static, checks=checks or {})(
+            fill_doc(fn, shared=_SHARED_ARGS)
+        )
 
     return decorate
 

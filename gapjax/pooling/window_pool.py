@@ -27,6 +27,7 @@ than the padded input, padding beyond half the kernel where PyTorch forbids it, 
 sizes) raises ValueError at trace time. Windowed pools take no mask.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -40,6 +41,7 @@ from gapjax.pooling._common import (
     as_array,
     check_bool,
     check_positive,
+    fill_doc,
     float_dtype,
     pooling_function,
     safe_divide,
@@ -49,6 +51,7 @@ from gapjax.pooling._windows import (
     AxisWindows,
     Stage,
     check_convention,
+    grid_product,
     parse_padding,
     per_axis,
     spatial_axes,
@@ -85,14 +88,17 @@ _SHARED_ARGS = """kernel_size: window size, an int or one int per spatial axis.
       ``(..., channels, *spatial)``."""
 
 
-def _shared_doc(fn):
-    fn.__doc__ = fn.__doc__.replace("{shared}", _SHARED_ARGS)
-    return fn
+_MAX_DOC_RETURNS = """Returns:
+      The pooled values ``(..., *out_spatial, channels)`` (or channels first) in x's dtype; with
+      ``return_indices=True``, also the int32 flat index of each winner into x's spatial
+      positions (row-major: ``h * W + w`` in 2-D, as PyTorch), -1 for an empty window."""
 
 
 def _api(*static: str, checks=None):
     def decorate(fn):
-        return pooling_function(static=_STATIC + static, checks=checks or {})(_shared_doc(fn))
+        return pooling_function(static=_STATIC + static, checks=checks or {})(
+            fill_doc(fn, shared=_SHARED_ARGS, returns=_MAX_DOC_RETURNS)
+        )
 
     return decorate
 
@@ -144,14 +150,6 @@ def _setup(
         fn=fn,
     )
     return x, axes, windows
-
-
-def _grid_product(axes: tuple[int, ...], values: list[np.ndarray], ndim: int) -> np.ndarray:
-    """Outer product of per-axis ``(out,)`` arrays, broadcasting against the pooled output."""
-    out = np.ones((1,) * ndim, np.float64)
-    for axis, v in zip(axes, values, strict=True):
-        out = out * np.asarray(v, np.float64).reshape([-1 if i == axis else 1 for i in range(ndim)])
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +222,7 @@ def avg_pool(
         out = total / divisor_override
     else:
         counts = [w.inside if count_include_pad else w.valid_counts() for w in windows]
-        divisor = _grid_product(axes, counts, x.ndim)
+        divisor = grid_product(axes, counts, x.ndim)
         if (divisor > 0).all():
             out = total * jnp.asarray(1.0 / divisor, acc)
         else:
@@ -272,7 +270,7 @@ def lp_pool(
     acc = accum_dtype(x.dtype)
     total = window_sum(x.astype(acc) ** p, stages(axes, windows))
     cells = float(np.prod([w.taps for w in windows]))
-    inside = _grid_product(axes, [w.inside for w in windows], x.ndim)
+    inside = grid_product(axes, [w.inside for w in windows], x.ndim)
     if (inside != cells).any():
         total = total * jnp.asarray(cells / np.maximum(inside, 1), acc)
     return safe_root(total, p).astype(float_dtype(x.dtype))
@@ -309,12 +307,6 @@ def _extreme_pool(
         beyond = out < edge if largest else out > edge
         out = jnp.where(beyond, jnp.asarray(edge, x.dtype), out)
     return (out, index) if return_indices else out
-
-
-_MAX_DOC_RETURNS = """Returns:
-      The pooled values ``(..., *out_spatial, channels)`` (or channels first) in x's dtype; with
-      ``return_indices=True``, also the int32 flat index of each winner into x's spatial
-      positions (row-major: ``h * W + w`` in 2-D, as PyTorch), -1 for an empty window."""
 
 
 @_api("dilation", "return_indices", checks={"return_indices": check_bool})
@@ -417,10 +409,6 @@ def min_pool(
         data_format,
         largest=False,
     )
-
-
-max_pool.__doc__ = max_pool.__doc__.replace("{returns}", _MAX_DOC_RETURNS)
-min_pool.__doc__ = min_pool.__doc__.replace("{returns}", _MAX_DOC_RETURNS)
 
 
 @pooling_function(static=("kernel_size", "stride", "padding", "output_size", "data_format"))
@@ -575,9 +563,9 @@ def stochastic_pool(
     stage = Stage(axes, tuple(windows))
     xa = x.astype(accum_dtype(x.dtype))
     taps = stage.taps(xa, 0)
-    acts = [lax.stop_gradient(jnp.maximum(t, 0)) for t in taps]
-    total = sum(acts[1:], acts[0])
     if train:
+        acts = [lax.stop_gradient(jnp.maximum(t, 0)) for t in taps]  # sampling weights only
+        total = functools.reduce(jnp.add, acts)
         u = jax.random.uniform(key, total.shape, total.dtype) * total
         out, found, cum = jnp.zeros_like(total), jnp.zeros(total.shape, bool), 0
         last = jnp.zeros_like(total)
@@ -591,11 +579,8 @@ def stochastic_pool(
         out = jnp.where(found, out, last)
         out = jnp.where(total > 0, out, 0)
     else:
-        act = [jnp.maximum(t, 0) for t in taps]  # with their gradient, unlike acts
-        out = safe_divide(sum(a * a for a in act), sum(act[1:], act[0]))
-    nan = None
-    for t in taps:
-        bad = jnp.isnan(t)
-        nan = bad if nan is None else nan | bad
+        acts = [jnp.maximum(t, 0) for t in taps]
+        out = safe_divide(sum(a * a for a in acts), functools.reduce(jnp.add, acts))
+    nan = functools.reduce(jnp.logical_or, [jnp.isnan(t) for t in taps])
     out = jnp.where(nan, jnp.nan, out)
     return out.astype(float_dtype(x.dtype))
