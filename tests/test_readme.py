@@ -1,9 +1,16 @@
 """README.md is the front door: its commands are the ones CI runs; its API table is complete."""
 
+import importlib
+import inspect
 import pathlib
 import re
 
+import pytest
+
 import gapjax
+import gapjax.cam
+import gapjax.models
+from gapjax import nn as gnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -28,11 +35,56 @@ def test_readme_gives_two_setup_commands_and_one_test_command():
         assert command in CI, f"{command!r} is in README.md but not in .ci/run"
 
 
+def listed_names() -> set[str]:
+    """Names in README's tables: the first cell of a row, and names in backticks on module rows."""
+    names = set()
+    for first, rest in re.findall(r"^\| `(\w+)` \|(.*)$", README, re.M):
+        names.add(first)
+        if first[0].isupper() or first.startswith("nin_"):  # module rows list their siblings
+            names.update(re.findall(r"`(\w+)`", rest))
+    return names
+
+
+PUBLIC_MODULES = {
+    "gapjax.nn": gnn.__all__,
+    "gapjax.models": gapjax.models.__all__,
+    "gapjax.cam": gapjax.cam.__all__,
+}
+
+
 def test_api_table_lists_every_public_function():
     rows = set(re.findall(r"^\| `(\w+)`", README, re.M))
     public = set(gapjax.__all__) - {"__version__"}
     assert public <= rows, f"missing from README's API table: {sorted(public - rows)}"
-    assert rows <= public | {"gapjax"}, f"README lists unknown names: {sorted(rows - public)}"
+    everything = public.union(*PUBLIC_MODULES.values())
+    assert rows <= everything | {"gapjax"}, (
+        f"README lists unknown names: {sorted(rows - everything)}"
+    )
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC_MODULES))
+def test_readme_lists_every_module_class_and_function(module):
+    wanted = set(PUBLIC_MODULES[module]) - {
+        "nin",
+        "upsample",
+    }  # nin: the module; upsample: a helper
+    missing = wanted - listed_names()
+    assert not missing, f"{module}: missing from README: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    "module", [*sorted(PUBLIC_MODULES), "gapjax.nn.linen", "gapjax.models.nin"]
+)
+def test_every_public_name_has_a_docstring_with_an_example(module):
+    mod = importlib.import_module(module)
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        if isinstance(obj, dict) or inspect.ismodule(obj):
+            continue
+        doc = obj.__doc__ or ""
+        assert ">>> " in doc or name in {"Block", "NINSpec"}, f"{module}.{name} has no example"
+        if inspect.isfunction(obj):
+            assert "Returns:" in doc, f"{module}.{name}"
 
 
 def test_every_public_function_has_a_docstring_with_an_example():

@@ -400,7 +400,26 @@ def pooling_function(
                     check(fn.__name__, arg, arguments[arg])
             return jitted(*bound.args, **bound.kwargs)
 
+        def settings(**kwargs: Any) -> dict[str, Any]:
+            """Validates keyword settings without data (what a Flax module stores).
+
+            Unknown names raise TypeError; static lists become tuples; concrete values get
+            the same checks as a call, so a module fails when it is built, not when first used.
+            """
+            unknown = sorted(set(kwargs) - set(signature.parameters))
+            if unknown:
+                raise TypeError(
+                    f"{fn.__name__}: unknown argument(s) {unknown}; "
+                    f"it takes {list(signature.parameters)}."
+                )
+            out = {k: _tuples(v) if k in static else v for k, v in kwargs.items()}
+            for arg, check in checks.items():
+                if arg in out:
+                    check(fn.__name__, arg, out[arg])
+            return out
+
         wrapper.jitted = jitted  # the compiled function, e.g. for inspecting its cache
+        wrapper.settings = settings
         return wrapper
 
     return decorate

@@ -1,0 +1,13 @@
+"""Flax modules: one per pooling function, learnable pools, and NIN's mlpconv block.
+
+NNX modules live here (``from gapjax import nn``); Linen versions of the global pooling layers
+are in ``gapjax.nn.linen``. Modules hold settings and parameters and call the functions of
+``gapjax.pooling``: the math is written once.
+"""
+
+from gapjax.nn.mlpconv import *  # noqa: F403
+from gapjax.nn.mlpconv import __all__ as _mlpconv_all
+from gapjax.nn.pooling import *  # noqa: F403
+from gapjax.nn.pooling import __all__ as _pooling_all
+
+__all__ = [*_pooling_all, *_mlpconv_all]
