@@ -168,6 +168,8 @@ class NIN(nnx.Module):
     Args:
       spec: the architecture (see ``SPECS``).
       head: "gap", "fc", "fc_dropout", or a pooling module or function.
+      init: "spec" (the architecture's normal initialization: the paper's) or "he" (He et al.'s
+        fan-in normal, which does not sit at chance; a deviation from the paper).
       dtype: computation dtype of the convolutions (e.g. ``jnp.bfloat16``); parameters stay
         float32.
       rngs: random streams: "params" for the initializers, "dropout" for dropout.
@@ -191,9 +193,12 @@ class NIN(nnx.Module):
         spec: NINSpec,
         *,
         head: str | Callable = "gap",
+        init: str = "spec",
         dtype: Any = None,
         rngs: nnx.Rngs,
     ):
+        if init not in ("spec", "he"):
+            raise ValueError(f"NIN: init must be 'spec' or 'he', got {init!r}.")
         if len(spec.pools) != len(spec.blocks) - 1 or any(
             p not in ("max", "avg") for p in spec.pools
         ):
@@ -211,7 +216,10 @@ class NIN(nnx.Module):
                     widths[i],
                     block.features,
                     kernel_size=block.kernel_size,
-                    kernel_init=[nnx.initializers.normal(s) for s in block.stds()],
+                    kernel_init=[
+                        nnx.initializers.he_normal() if init == "he" else nnx.initializers.normal(s)
+                        for s in block.stds()
+                    ],
                     dtype=dtype,
                     rngs=rngs,
                 )
@@ -239,6 +247,23 @@ class NIN(nnx.Module):
             self.fc_dropout = nnx.Dropout(spec.dropout if head == "fc_dropout" else 0.0, rngs=rngs)
         elif not isinstance(head, str):
             self.pool = head
+
+    def last_layer_path(self) -> tuple[str | int, ...]:
+        """Where the layer that produces the logits sits in the state (for its lr multiplier).
+
+        Returns:
+          ``("fc",)`` for the fully connected heads, else the last 1x1 convolution's path,
+          e.g. ``("blocks", 2, "layers", 2)`` (cccp6 on CIFAR-10).
+
+        Example:
+          >>> from flax import nnx
+          >>> from gapjax.models import nin
+          >>> nin.nin_digits(rngs=nnx.Rngs(0)).last_layer_path()
+          ('blocks', 1, 'layers', 2)
+        """
+        if self.head_kind in ("fc", "fc_dropout"):
+            return ("fc",)
+        return ("blocks", len(self.blocks) - 1, "layers", len(self.blocks[-1].layers) - 1)
 
     def features(self, x: Shaped[ArrayLike, "batch height width channels"]) -> Float[Array, "..."]:
         """The class confidence maps: every block, up to the last ReLU before the head.
@@ -312,13 +337,21 @@ class NIN(nnx.Module):
         return self.fc(self.fc_dropout(pooled)), pooled
 
 
-def nin(name: str, *, head: str | Callable = "gap", dtype: Any = None, rngs: nnx.Rngs) -> NIN:
+def nin(
+    name: str,
+    *,
+    head: str | Callable = "gap",
+    init: str = "spec",
+    dtype: Any = None,
+    rngs: nnx.Rngs,
+) -> NIN:
     """Builds a NIN from ``SPECS`` by name.
 
     Args:
       name: "cifar10", "cifar10_caffe" (the Model Zoo version: average second pool),
         "cifar100", "svhn", "mnist" or "digits" (a small NIN for 8x8 inputs).
       head: see ``NIN``.
+      init: "spec" (the paper's) or "he"; see ``NIN``.
       dtype: computation dtype of the convolutions.
       rngs: random streams.
 
@@ -334,18 +367,21 @@ def nin(name: str, *, head: str | Callable = "gap", dtype: Any = None, rngs: nnx
     """
     if name not in SPECS:
         raise ValueError(f"nin: unknown architecture {name!r}; choose one of {sorted(SPECS)}.")
-    return NIN(SPECS[name], head=head, dtype=dtype, rngs=rngs)
+    return NIN(SPECS[name], head=head, init=init, dtype=dtype, rngs=rngs)
 
 
 def _factory(name: str, summary: str) -> Callable:
-    def build(*, head: str | Callable = "gap", dtype: Any = None, rngs: nnx.Rngs) -> NIN:
-        return nin(name, head=head, dtype=dtype, rngs=rngs)
+    def build(
+        *, head: str | Callable = "gap", init: str = "spec", dtype: Any = None, rngs: nnx.Rngs
+    ) -> NIN:
+        return nin(name, head=head, init=init, dtype=dtype, rngs=rngs)
 
     build.__name__ = build.__qualname__ = f"nin_{name}"
     build.__doc__ = f"""{summary}
 
     Args:
       head: "gap" (the paper), "fc", "fc_dropout", or a pooling module or function.
+      init: "spec" (the paper's normal init) or "he".
       dtype: computation dtype of the convolutions.
       rngs: random streams ("params", "dropout").
 
