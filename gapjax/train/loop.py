@@ -48,10 +48,13 @@ __all__ = [
     "DivergenceError",
     "TrainState",
     "build_model",
+    "build_optimizer",
     "evaluate",
     "load_dataset",
     "load_splits",
+    "make_eval_step",
     "make_mesh",
+    "make_train_step",
     "restore_model",
     "run",
 ]
@@ -259,10 +262,24 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def _optimizer(
+def build_optimizer(
     config: ml_collections.ConfigDict, params: Any, model: nin.NIN, steps_per_epoch: int
 ) -> tuple[optax.Schedule, optax.GradientTransformation]:
-    """The configured learning-rate schedule and Caffe SGD with per-parameter multipliers."""
+    """The configured learning-rate schedule and Caffe SGD with per-parameter multipliers.
+
+    Returns:
+      ``(schedule, tx)``: step -> learning rate, and the optax transformation.
+
+    Example:
+      >>> from flax import nnx
+      >>> from gapjax.train import build_model, build_optimizer, default_config
+      >>> config = default_config()
+      >>> model = build_model(config)
+      >>> params = nnx.split(model, nnx.Param, ...)[1]
+      >>> schedule, tx = build_optimizer(config, params, model, steps_per_epoch=10)
+      >>> float(schedule(0)), float(schedule(200))  # lr / 10 at epoch 20
+      (0.1, 0.01...)
+    """
     schedule = learning_rate_schedule(
         config.lr,
         schedule=config.schedule,
@@ -287,7 +304,38 @@ def _optimizer(
     return schedule, tx
 
 
-def _make_train_step(graphdef: Any, tx: optax.GradientTransformation, config, sharding) -> Callable:
+def make_train_step(
+    graphdef: Any, tx: optax.GradientTransformation, config: Any, sharding: Any
+) -> Callable:
+    """The jitted training step: augmentation, gradient, update and metric sums in one call.
+
+    ``step(state, totals, batch, key) -> (state, totals)`` with ``state`` (a ``TrainState``) and
+    ``totals`` (running sums of loss, correct predictions and examples) donated. ``graphdef`` is
+    the model's graph in training mode (``nnx.split(model, nnx.Param, ...)[0]`` after
+    ``model.train()``); ``sharding`` is the batch's (``NamedSharding(mesh, P("data"))``).
+
+    Returns:
+      The jitted step.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jax.sharding import NamedSharding, PartitionSpec
+      >>> from gapjax.train import (TrainState, build_model, build_optimizer, default_config,
+      ...                           make_mesh, make_train_step)
+      >>> config = default_config()
+      >>> model = build_model(config); model.train()
+      >>> graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      >>> _, tx = build_optimizer(config, params, model, steps_per_epoch=1)
+      >>> sharding = NamedSharding(make_mesh(), PartitionSpec("data"))
+      >>> step = make_train_step(graphdef, tx, config, sharding)
+      >>> state = TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
+      >>> totals = {k: jnp.zeros(()) for k in ("loss", "correct", "count")}
+      >>> batch = {"images": jnp.zeros((4, 8, 8, 1)), "labels": jnp.arange(4)}
+      >>> state, totals = step(state, totals, batch, jax.random.key(0))
+      >>> int(state.step), float(totals["count"])
+      (1, 4.0)
+    """
     augment = config.augment
     padding = config.augment_padding
     flip = 0.5 if config.augment_flip else 0.0
@@ -320,7 +368,29 @@ def _make_train_step(graphdef: Any, tx: optax.GradientTransformation, config, sh
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _make_eval_step(graphdef: Any, num_classes: int) -> Callable:
+def make_eval_step(graphdef: Any, num_classes: int) -> Callable:
+    """The jitted evaluation step: sums of loss, top-1 and top-5 hits over a masked batch.
+
+    ``step(params, rest, totals, batch) -> totals`` (``totals`` donated); ``batch`` has
+    "images", "labels" and "mask" (False on padding rows). Ties rank by class index, as argmax.
+
+    Returns:
+      The jitted step.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from gapjax.models import nin
+      >>> from gapjax.train import make_eval_step
+      >>> model = nin.nin_digits(rngs=nnx.Rngs(0)); model.eval()
+      >>> graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      >>> totals = {k: jnp.zeros(()) for k in ("loss", "top1", "top5", "count")}
+      >>> batch = {"images": jnp.zeros((3, 8, 8, 1)), "labels": jnp.array([0, 5, 9]),
+      ...          "mask": jnp.array([True, True, False])}
+      >>> totals = make_eval_step(graphdef, 10)(params, rest, totals, batch)
+      >>> float(totals["count"]), float(totals["top1"])  # zero logits predict class 0
+      (2.0, 1.0)
+    """
     top = min(5, num_classes)
 
     def step(params, rest, totals: dict, batch: dict):
@@ -384,7 +454,7 @@ def evaluate(
     graphdef, params, rest = nnx.split(eval_model, nnx.Param, ...)
     dataset = gdata.DeviceDataset(images, labels, mesh=mesh)
     return _evaluate(
-        _make_eval_step(graphdef, _num_classes(eval_model)), params, rest, dataset, batch_size
+        make_eval_step(graphdef, _num_classes(eval_model)), params, rest, dataset, batch_size
     )
 
 
@@ -472,14 +542,14 @@ def _metrics_log(path: Path, resume_epoch: int) -> Any:
     return path.open("a")
 
 
-def _tensorboard(workdir: Path) -> Any:
+def _tensorboard_writer() -> Any:
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         raise ValueError(
             "config.tensorboard=True needs tensorboardX: pip install tensorboardX"
         ) from None
-    return SummaryWriter(str(workdir / "tensorboard"))
+    return SummaryWriter
 
 
 def _environment() -> dict:
@@ -589,6 +659,7 @@ def run(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_resume_config(workdir, config)
+    writer = _tensorboard_writer() if config.tensorboard else None  # fails before any work
     (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
 
     mesh = make_mesh() if mesh is None else mesh
@@ -614,7 +685,7 @@ def run(
     graph_train, params, rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     graph_eval = nnx.split(model, nnx.Param, ...)[0]
-    schedule, tx = _optimizer(config, params, model, steps_per_epoch)
+    schedule, tx = build_optimizer(config, params, model, steps_per_epoch)
     replicated = NamedSharding(mesh, PartitionSpec())
     state = TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
     state = jax.device_put(state, replicated)
@@ -624,12 +695,12 @@ def run(
     if start_epoch:
         state = checkpoints.restore(start_epoch, like=state)
     log = _metrics_log(workdir / "metrics.jsonl", start_epoch)
-    board = _tensorboard(workdir) if config.tensorboard else None
+    board = writer(str(workdir / "tensorboard")) if writer is not None else None
 
-    train_step = _make_train_step(
+    train_step = make_train_step(
         graph_train, tx, config, NamedSharding(mesh, PartitionSpec("data"))
     )
-    eval_step = _make_eval_step(graph_eval, data.num_classes)
+    eval_step = make_eval_step(graph_eval, data.num_classes)
     base_key = jax.random.key(config.seed)
     progress = _Progress(config.progress, config.epochs, steps_per_epoch)
     start = time.perf_counter()
@@ -732,7 +803,7 @@ def restore_model(workdir: str | Path, *, epoch: int | None = None) -> tuple[nnx
     epoch = checkpoints.latest_epoch() if epoch is None else epoch
     if epoch is None:
         raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint.")
-    _, tx = _optimizer(config, params, model, 1)  # only the state's structure matters
+    _, tx = build_optimizer(config, params, model, 1)  # only the state's structure matters
     like = TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
     state = checkpoints.restore(epoch, like=like)
     checkpoints.close()

@@ -271,3 +271,15 @@ def test_checkpoint_round_trip_of_optax_state_and_keys(tmp_path):
         jax.random.key_data(restored["key"]), jax.random.key_data(tree["key"])
     )
     assert type(restored["opt"]) is type(tree["opt"])
+
+
+def test_tensorboard_needs_tensorboardx_and_fails_before_any_work(tmp_path, digits):
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install tensorboardX"):
+            run(small_config(tensorboard=True), tmp_path, dataset=digits)
+        assert not (tmp_path / "config.json").exists()
+    else:
+        run(small_config(tensorboard=True, epochs=1), tmp_path, dataset=digits)
+        assert any((tmp_path / "tensorboard").iterdir())
