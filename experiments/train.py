@@ -8,6 +8,11 @@ workdir gets ``config.json``, ``metrics.jsonl`` (one JSON line per epoch), ``che
 ``results.json`` and, with ``config.cam_images > 0``, ``cam.png``. ``--config.quick=True``
 shrinks any config to a 2-epoch smoke test on 512 examples.
 
+Commands of limited length (a 10-minute slot on an accelerator): ``--config.time_limit_minutes=9``
+checkpoints and exits with status 75 after the epoch that passes 9 minutes; rerunning the same
+command continues, e.g. ``until python -m experiments.train ...; [ $? -ne 75 ]; do :; done``.
+Exit status: 0 done, 2 bad config or missing data, 3 diverged, 75 paused.
+
 On several hosts, set ``GAPJAX_DISTRIBUTED=1`` (or the usual ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) on each: ``jax.distributed.initialize()`` runs
 first and the mesh spans every device of every host.
@@ -19,6 +24,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+PAUSED = 75  # EX_TEMPFAIL: the time limit was reached; rerun to continue
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/<experiment>.py", lock_config=True
@@ -50,6 +57,13 @@ def main(argv: list[str]) -> int:
     except DivergenceError as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
+    if not results["complete"]:
+        print(
+            f"time limit: stopped after epoch {results['epochs']} of {config.epochs} with a "
+            "checkpoint; run the same command again to continue",
+            file=sys.stderr,
+        )
+        return PAUSED
     summary = {k: results[k] for k in ("name", "epochs", "eval_split", "error_percent")}
     summary["top1"] = results["eval"]["top1"]
     summary["train_wall_s"] = round(results["train_wall_s"], 1)

@@ -33,6 +33,7 @@ RUN_CONTROL_KEYS = (
     "tensorboard",
     "cam_images",
     "lr_boundaries",
+    "time_limit_minutes",
 )
 
 
@@ -84,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 5
     c.keep_checkpoints = 2
     c.guard_epochs = 3  # stop if still at chance after this many epochs (0 disables)
+    c.time_limit_minutes = 0.0  # > 0: checkpoint and stop after the epoch that passes it
     c.progress = True
     c.tensorboard = False
     c.cam_images = 0  # after training, render CAMs of this many test images (experiments.train)
@@ -148,7 +150,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("lr", "lr_decay"):
         if key in config and not (math.isfinite(config[key]) and config[key] > 0):
             problems.append(f"{key} must be > 0, got {config[key]!r}")
-    for key in ("momentum", "weight_decay", "warmup_epochs", "guard_epochs", "cam_images"):
+    for key in (
+        "momentum",
+        "weight_decay",
+        "warmup_epochs",
+        "guard_epochs",
+        "cam_images",
+        "time_limit_minutes",
+    ):
         if key in config and config[key] < 0:
             problems.append(f"{key} must be >= 0, got {config[key]!r}")
     if "lr_boundaries" in config:

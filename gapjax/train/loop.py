@@ -644,7 +644,10 @@ def run(
       on_epoch: called with each epoch's record (tests, notebooks).
 
     Returns:
-      The results: final evaluation metrics, epochs, wall time, images/s, environment.
+      The results: final evaluation metrics, epochs, wall time, images/s, environment, and
+      ``complete: True``. With ``config.time_limit_minutes``, a run that reaches the limit
+      checkpoints after the current epoch and returns ``{"complete": False, "epochs": n}``:
+      run it again to continue (how a long run fits into commands of limited length).
 
     Example:
       >>> import tempfile
@@ -741,7 +744,12 @@ def run(
                     eval_top1=metrics["top1"],
                     eval_top5=metrics["top5"],
                 )
-            if (epoch + 1) % config.checkpoint_every == 0 or last:
+            out_of_time = bool(
+                config.time_limit_minutes
+                and not last
+                and time.perf_counter() - start > 60 * config.time_limit_minutes
+            )
+            if (epoch + 1) % config.checkpoint_every == 0 or last or out_of_time:
                 checkpoints.save(epoch + 1, state)
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -752,6 +760,8 @@ def run(
             progress.epoch(record)
             if on_epoch is not None:
                 on_epoch(record)
+            if out_of_time:
+                return {"name": config.name, "complete": False, "epochs": epoch + 1}
     finally:
         checkpoints.close()
         log.close()
@@ -762,6 +772,7 @@ def run(
     metrics = _evaluate(eval_step, state.params, state.rest, eval_set, config.eval_batch_size)
     results = {
         "name": config.name,
+        "complete": True,
         "dataset": config.dataset,
         "eval_split": data.eval_name,
         "epochs": final_epoch,

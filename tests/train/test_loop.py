@@ -283,3 +283,14 @@ def test_tensorboard_needs_tensorboardx_and_fails_before_any_work(tmp_path, digi
     else:
         run(small_config(tensorboard=True, epochs=1), tmp_path, dataset=digits)
         assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_time_limit_checkpoints_and_pauses(tmp_path, digits):
+    config = small_config(epochs=3, time_limit_minutes=1e-6, checkpoint_every=5)
+    first = run(config, tmp_path, dataset=digits)
+    assert first == {"name": config.name, "complete": False, "epochs": 1}
+    assert Checkpointer(tmp_path / "checkpoints").latest_epoch() == 1  # saved despite every=5
+    assert not (tmp_path / "results.json").exists()
+    config.time_limit_minutes = 0.0  # a run-control key: may change on resume
+    done = run(config, tmp_path, dataset=digits)
+    assert done["complete"] and done["epochs"] == 3
