@@ -157,6 +157,18 @@ def _preprocess(kind: str, train: np.ndarray, evaluate: np.ndarray) -> tuple[Any
     )
 
 
+def _subset(split: gdata.Split, size: int, seed: int) -> gdata.Split:
+    """``size`` examples drawn without replacement (in stored order), or all when size is 0.
+
+    A random subset, not the first examples: image folders are sorted by class, so their first
+    512 images are all airplanes.
+    """
+    if not size or size >= len(split):
+        return split
+    keep = np.sort(np.random.default_rng(seed).permutation(len(split))[:size])
+    return gdata.Split(split.images[keep], split.labels[keep], split.class_names)
+
+
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Reads and preprocesses the dataset a config names (see ``gapjax.train.default_config``).
 
@@ -170,18 +182,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
       ((1442, 8, 8, 1), (355, 8, 8, 1), 10)
     """
     train, held_out, eval_name = load_splits(config)
-    if config.max_train_examples:
-        train = gdata.Split(
-            train.images[: config.max_train_examples],
-            train.labels[: config.max_train_examples],
-            train.class_names,
-        )
-    if config.max_eval_examples:
-        held_out = gdata.Split(
-            held_out.images[: config.max_eval_examples],
-            held_out.labels[: config.max_eval_examples],
-            held_out.class_names,
-        )
+    train = _subset(train, config.max_train_examples, config.seed)
+    held_out = _subset(held_out, config.max_eval_examples, config.seed)
     x_train, x_eval = _preprocess(config.preprocess, train.images, held_out.images)
     num_classes = len(train.class_names) or int(max(train.labels.max(), held_out.labels.max())) + 1
     return Dataset(

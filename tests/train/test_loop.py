@@ -294,3 +294,15 @@ def test_time_limit_checkpoints_and_pauses(tmp_path, digits):
     config.time_limit_minutes = 0.0  # a run-control key: may change on resume
     done = run(config, tmp_path, dataset=digits)
     assert done["complete"] and done["epochs"] == 3
+
+
+def test_example_limits_draw_a_random_subset_not_the_first_examples():
+    from gapjax.train import load_splits
+
+    config = small_config(max_train_examples=100, max_eval_examples=50)
+    data = load_dataset(config)
+    assert len(data.train_labels) == 100 and len(data.eval_labels) == 50
+    assert len(np.unique(data.train_labels)) == 10  # every class, as in a random draw
+    train, _, _ = load_splits(config)
+    assert not np.array_equal(data.train_labels, train.labels[:100])
+    np.testing.assert_array_equal(load_dataset(config).train_labels, data.train_labels)

@@ -1,0 +1,44 @@
+"""Smoke test of benchmarks/train_throughput.py: the gapjax measurement runs and the weight
+transfer to the PyTorch reference reproduces gapjax's losses (skipped without torch)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_throughput", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measure_gapjax_runs(bench):
+    row = bench.measure_gapjax(8, "float32", steps=1, warmup=1, pool=1)
+    assert row["status"] == "ok"
+    assert row["implementation"] == "gapjax" and row["batch"] == 8
+    assert row["images_per_s"] > 0
+    assert row["compile_s"] > 0
+    assert np.isfinite(row["mean_loss"])
+
+
+def test_gapjax_matches_torch_reference(bench):
+    torch = pytest.importorskip("torch")
+    check = bench.check_against_torch(torch, batch=8, device="cpu", float64_reference=False)
+    np.testing.assert_allclose(check["loss_gapjax"], check["loss_torch"], rtol=1e-4)
+    assert check["loss_agrees_1e-4"]
+    assert check["logits_max_rel_diff"] < 1e-4
+    assert check["update_max_rel_diff"] < 5e-2  # float32-conditioned; see check_against_torch
+
+
+def test_torch_reference_has_nin_parameter_count(bench):
+    torch = pytest.importorskip("torch")
+    model = bench.build_torch_nin(torch)
+    assert sum(p.numel() for p in model.parameters()) == bench.NIN_PARAMS == 966_986
