@@ -306,3 +306,28 @@ def test_example_limits_draw_a_random_subset_not_the_first_examples():
     train, _, _ = load_splits(config)
     assert not np.array_equal(data.train_labels, train.labels[:100])
     np.testing.assert_array_equal(load_dataset(config).train_labels, data.train_labels)
+
+
+def test_svhn_trains_on_train_plus_extra_minus_the_validation_images(monkeypatch):
+    """The paper's protocol; the reader is replaced by synthetic splits (checksums need the
+    official files)."""
+    from gapjax import data as gdata
+    from gapjax.train import load_splits
+
+    def fake_split(n, offset):
+        images = np.full((n, 32, 32, 3), offset % 251, np.uint8)
+        return gdata.Split(images, np.arange(n, dtype=np.int32) % 10)
+
+    def fake_load_svhn(path, *, splits, cache_dir=None):
+        assert set(splits) == {"train", "test", "extra"}
+        sizes = {"train": 4100, "test": 300, "extra": 2100}
+        return {s: fake_split(sizes[s], i) for i, s in enumerate(splits)}
+
+    monkeypatch.setattr(gdata, "load_svhn", fake_load_svhn)
+    config = small_config(dataset="svhn", model="svhn", preprocess="none")
+    train, test, name = load_splits(config)
+    assert (len(train), len(test), name) == (4100 + 2100 - 6000, 300, "test")
+    config.eval_split = "validation"
+    train, valid, name = load_splits(config)
+    assert (len(train), len(valid), name) == (200, 6000, "validation")
+    assert np.bincount(valid.labels).tolist() == [600] * 10
