@@ -367,23 +367,55 @@ def _layout(axis: Any, data_format: str, keepdims: bool, fill_value: float) -> d
     }
 
 
-def _scalar_or_channels(
-    value: float, channels: int | None, dtype: Any, *, learnable: bool, arg: str, owner: str
-) -> Any:
-    """A hyperparameter: a learned ``nnx.Param`` (scalar or per channel) or a fixed number."""
-    if channels is not None and (not isinstance(channels, int) or channels <= 0):
-        raise ValueError(f"{owner}: channels must be a positive int or None, got {channels!r}.")
-    if not learnable:
-        return float(value) if channels is None else nnx.data(jnp.full((channels,), value, dtype))
-    shape = () if channels is None else (channels,)
-    return nnx.Param(jnp.full(shape, value, dtype))
+class _LearnedHyperparameter(nnx.Module):
+    """A global pool with one hyperparameter (GeM's p, LSE's r, mixed pooling's alpha) that is
+    learned (an ``nnx.Param``, scalar or per channel) or fixed; subclasses name the function,
+    the attribute and how the value is used (``_use``)."""
+
+    function: ClassVar[Callable]
+    attribute: ClassVar[str]
+
+    def __init__(
+        self,
+        value: float,
+        *,
+        channels: int | None,
+        learnable: bool,
+        layout: dict[str, Any],
+        param_dtype: Any,
+        **settings: Any,
+    ):
+        owner = type(self).__name__
+        type(self).function.settings(**{self.attribute: value}, **settings)
+        if channels is not None and (not isinstance(channels, int) or channels <= 0):
+            raise ValueError(f"{owner}: channels must be a positive int or None, got {channels!r}.")
+        shape = () if channels is None else (channels,)
+        if learnable:
+            param = nnx.Param(jnp.full(shape, value, param_dtype))
+        elif channels is None:
+            param = float(value)
+        else:
+            param = nnx.data(jnp.full(shape, value, param_dtype))
+        setattr(self, self.attribute, param)
+        self.settings = settings
+        self.layout = layout
+
+    def _use(self, value: Any) -> Any:
+        return value
+
+    def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
+        """Pools x with the current value of the hyperparameter.
+
+        Returns:
+          The pooled values, e.g. ``(batch, channels)``.
+        """
+        value = getattr(self, self.attribute)
+        value = value[...] if isinstance(value, nnx.Variable) else value
+        fn = type(self).function
+        return fn(x, self._use(value), mask=mask, **self.settings, **self.layout)
 
 
-def _value(v: Any) -> Any:
-    return v[...] if isinstance(v, nnx.Variable) else v
-
-
-class GeMPool(nnx.Module):
+class GeMPool(_LearnedHyperparameter):
     """Generalized-mean pooling with a learnable power p (init 3), scalar or per channel.
 
     ``y = (mean_i max(x_i, eps)^p)^(1/p)``, computed by ``gapjax.gem_pool``. p is stored
@@ -410,6 +442,9 @@ class GeMPool(nnx.Module):
       TPAMI 2018, arXiv:1711.02512.
     """
 
+    function = staticmethod(pooling.gem_pool)
+    attribute = "p"
+
     def __init__(
         self,
         p: float = 3.0,
@@ -423,23 +458,18 @@ class GeMPool(nnx.Module):
         fill_value: float = 0.0,
         param_dtype: Any = jnp.float32,
     ):
-        pooling.gem_pool.settings(p=p, eps=eps)
-        self.p = _scalar_or_channels(
-            p, channels, param_dtype, learnable=learnable, arg="p", owner="GeMPool"
+        layout = _layout(axis, data_format, keepdims, fill_value)
+        super().__init__(
+            p,
+            channels=channels,
+            learnable=learnable,
+            layout=layout,
+            param_dtype=param_dtype,
+            eps=eps,
         )
-        self.eps = eps
-        self.layout = _layout(axis, data_format, keepdims, fill_value)
-
-    def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
-        """GeM-pools x.
-
-        Returns:
-          The pooled values, e.g. ``(batch, channels)``.
-        """
-        return pooling.gem_pool(x, _value(self.p), eps=self.eps, mask=mask, **self.layout)
 
 
-class LSEPool(nnx.Module):
+class LSEPool(_LearnedHyperparameter):
     """Log-sum-exp pooling with a learnable sharpness r, scalar or per channel.
 
     ``y = (1/r) log mean_i exp(r x_i)``, computed stably by ``gapjax.lse_pool``: small r
@@ -463,6 +493,9 @@ class LSEPool(nnx.Module):
       Networks", CVPR 2015, arXiv:1411.6228.
     """
 
+    function = staticmethod(pooling.lse_pool)
+    attribute = "r"
+
     def __init__(
         self,
         r: float = 5.0,
@@ -475,22 +508,13 @@ class LSEPool(nnx.Module):
         fill_value: float = 0.0,
         param_dtype: Any = jnp.float32,
     ):
-        pooling.lse_pool.settings(r=r)
-        self.r = _scalar_or_channels(
-            r, channels, param_dtype, learnable=learnable, arg="r", owner="LSEPool"
+        layout = _layout(axis, data_format, keepdims, fill_value)
+        super().__init__(
+            r, channels=channels, learnable=learnable, layout=layout, param_dtype=param_dtype
         )
-        self.layout = _layout(axis, data_format, keepdims, fill_value)
-
-    def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
-        """LSE-pools x.
-
-        Returns:
-          The pooled values, e.g. ``(batch, channels)``.
-        """
-        return pooling.lse_pool(x, _value(self.r), mask=mask, **self.layout)
 
 
-class MixedPool(nnx.Module):
+class MixedPool(_LearnedHyperparameter):
     """Mixed max-average pooling with a learnable weight alpha, per layer or per channel.
 
     ``y = alpha max_i x_i + (1 - alpha) mean_i x_i`` (``gapjax.mixed_pool``). The learned
@@ -514,6 +538,9 @@ class MixedPool(nnx.Module):
       Mixed, Gated, and Tree", AISTATS 2016, arXiv:1509.08985.
     """
 
+    function = staticmethod(pooling.mixed_pool)
+    attribute = "alpha"
+
     def __init__(
         self,
         alpha: float = 0.5,
@@ -526,20 +553,13 @@ class MixedPool(nnx.Module):
         fill_value: float = 0.0,
         param_dtype: Any = jnp.float32,
     ):
-        pooling.mixed_pool.settings(alpha=alpha)
-        self.alpha = _scalar_or_channels(
-            alpha, channels, param_dtype, learnable=learnable, arg="alpha", owner="MixedPool"
+        layout = _layout(axis, data_format, keepdims, fill_value)
+        super().__init__(
+            alpha, channels=channels, learnable=learnable, layout=layout, param_dtype=param_dtype
         )
-        self.layout = _layout(axis, data_format, keepdims, fill_value)
 
-    def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
-        """Mixed-pools x.
-
-        Returns:
-          The pooled values, e.g. ``(batch, channels)``.
-        """
-        alpha = jnp.clip(_value(self.alpha), 0.0, 1.0)
-        return pooling.mixed_pool(x, alpha, mask=mask, **self.layout)
+    def _use(self, value: Any) -> Any:
+        return jnp.clip(value, 0.0, 1.0)
 
 
 class GatedMixedPool(nnx.Module):
