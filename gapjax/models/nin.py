@@ -23,6 +23,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from gapjax import nn, pooling
+from gapjax.pooling._windows import output_length
 
 __all__ = [
     "NIN",
@@ -96,7 +97,7 @@ class NINSpec:
         """
         sizes = [self.input_shape[0]]
         for _ in self.pools:
-            sizes.append(-(-(sizes[-1] - 3) // 2) + 1)
+            sizes.append(output_length(sizes[-1], 3, 2, (0, 0), 1, True, "caffe"))
         return sizes
 
 

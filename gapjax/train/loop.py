@@ -373,7 +373,7 @@ def make_train_step(
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_eval_step(graphdef: Any, num_classes: int) -> Callable:
+def make_eval_step(graphdef: Any) -> Callable:
     """The jitted evaluation step: sums of loss, top-1 and top-5 hits over a masked batch.
 
     ``step(params, rest, totals, batch) -> totals`` (``totals`` donated); ``batch`` has
@@ -392,15 +392,15 @@ def make_eval_step(graphdef: Any, num_classes: int) -> Callable:
       >>> totals = {k: jnp.zeros(()) for k in ("loss", "top1", "top5", "count")}
       >>> batch = {"images": jnp.zeros((3, 8, 8, 1)), "labels": jnp.array([0, 5, 9]),
       ...          "mask": jnp.array([True, True, False])}
-      >>> totals = make_eval_step(graphdef, 10)(params, rest, totals, batch)
+      >>> totals = make_eval_step(graphdef)(params, rest, totals, batch)
       >>> float(totals["count"]), float(totals["top1"])  # zero logits predict class 0
       (2.0, 1.0)
     """
-    top = min(5, num_classes)
 
     def step(params, rest, totals: dict, batch: dict):
         model = nnx.merge(graphdef, params, rest)
         logits = model(batch["images"]).astype(jnp.float32)
+        top = min(5, logits.shape[-1])
         labels, mask = batch["labels"], batch["mask"]
         # The label's rank with ties broken by index, as argmax and top_k do: all-equal logits
         # (a dead network) predict class 0, not every class.
@@ -458,13 +458,7 @@ def evaluate(
     eval_model.eval()
     graphdef, params, rest = nnx.split(eval_model, nnx.Param, ...)
     dataset = gdata.DeviceDataset(images, labels, mesh=mesh)
-    return _evaluate(
-        make_eval_step(graphdef, _num_classes(eval_model)), params, rest, dataset, batch_size
-    )
-
-
-def _num_classes(model: nnx.Module) -> int:
-    return model.spec.num_classes if hasattr(model, "spec") else 1000
+    return _evaluate(make_eval_step(graphdef), params, rest, dataset, batch_size)
 
 
 def _evaluate(step: Callable, params, rest, dataset: gdata.DeviceDataset, batch_size: int) -> dict:
@@ -708,7 +702,7 @@ def run(
     train_step = make_train_step(
         graph_train, tx, config, NamedSharding(mesh, PartitionSpec("data"))
     )
-    eval_step = make_eval_step(graph_eval, data.num_classes)
+    eval_step = make_eval_step(graph_eval)
     base_key = jax.random.key(config.seed)
     progress = _Progress(config.progress, config.epochs, steps_per_epoch)
     start = time.perf_counter()
