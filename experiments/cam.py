@@ -26,9 +26,10 @@ def render(workdir: str | Path, *, images: int = 16, out: str | Path | None = No
 
     workdir = Path(workdir)
     model, config = restore_model(workdir)
-    config.max_eval_examples = images
-    dataset = load_dataset(config)
-    raw_eval = load_splits(config)[1].images[:images]  # unprocessed, for display
+    config.max_eval_examples = 0  # the first images of the split, shown as stored
+    splits = load_splits(config)
+    dataset = load_dataset(config, splits=splits)
+    raw_eval = splits[1].images[:images]  # unprocessed, for display
     x = jnp.asarray(dataset.eval_images[:images])
     logits, extra = model(x, return_intermediates=True)
     predicted = np.asarray(jnp.argmax(logits, -1))

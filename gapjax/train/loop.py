@@ -172,8 +172,17 @@ def _subset(split: gdata.Split, size: int, seed: int) -> gdata.Split:
     return gdata.Split(split.images[keep], split.labels[keep], split.class_names)
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+def load_dataset(
+    config: ml_collections.ConfigDict,
+    *,
+    splits: tuple[gdata.Split, gdata.Split, str] | None = None,
+) -> Dataset:
     """Reads and preprocesses the dataset a config names (see ``gapjax.train.default_config``).
+
+    Args:
+      config: the configuration.
+      splits: ``load_splits(config)`` when the caller has read them already (e.g. to show the
+        unprocessed images too); read here otherwise.
 
     Returns:
       A ``Dataset`` of float32 arrays.
@@ -184,7 +193,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
       >>> ds.train_images.shape, ds.eval_images.shape, ds.num_classes
       ((1442, 8, 8, 1), (355, 8, 8, 1), 10)
     """
-    train, held_out, eval_name = load_splits(config)
+    train, held_out, eval_name = load_splits(config) if splits is None else splits
     train = _subset(train, config.max_train_examples, config.seed)
     held_out = _subset(held_out, config.max_eval_examples, config.seed)
     x_train, x_eval = _preprocess(config.preprocess, train.images, held_out.images)
