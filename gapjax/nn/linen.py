@@ -70,6 +70,14 @@ class _Global(nn.Module):
             if f.name not in _MODULE_FIELDS
         }
 
+    def layout(self) -> dict[str, Any]:
+        """The four layout fields every global pool shares.
+
+        Returns:
+          ``{"axis", "data_format", "keepdims", "fill_value"}``.
+        """
+        return {k: getattr(self, k) for k in ("axis", "data_format", "keepdims", "fill_value")}
+
     def __call__(self, x: Input, *, mask: Mask = None) -> Shaped[Array, "..."]:
         """Pools x with the module's settings.
 
@@ -208,7 +216,7 @@ class _Learnable(_Global, kw_only=True):
         Returns:
           A dict of settings.
         """
-        return {k: getattr(self, k) for k in ("axis", "data_format", "keepdims", "fill_value")}
+        return self.layout()
 
 
 class GeMPool(_Learnable, kw_only=True):
@@ -327,7 +335,7 @@ class GWAP(_Global, kw_only=True):
             s = s[..., 0]
         elif not last:
             s = jnp.moveaxis(s, -1, 1)
-        layout = {k: getattr(self, k) for k in ("data_format", "keepdims", "fill_value")}
+        layout = self.layout()  # axis is None here
         if self.transform == "exp":
             return pooling.attention_pool(x, s, mask=mask, **layout)
         return pooling.weighted_avg_pool(x, positive(self.transform)(s), mask=mask, **layout)
@@ -362,7 +370,7 @@ class GlobalStochasticPool(_Global, kw_only=True):
           The pooled values, e.g. ``(batch, channels)``.
         """
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        settings = {k: getattr(self, k) for k in ("axis", "data_format", "keepdims", "fill_value")}
+        settings = self.layout()
         if deterministic:
             return pooling.global_stochastic_pool(x, train=False, mask=mask, **settings)
         key = self.make_rng(self.rng_collection)
