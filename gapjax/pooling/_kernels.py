@@ -37,15 +37,19 @@ drifts by +-30%; "yardstick" = ``jnp.sum`` over the whole array, i.e. memory ban
 
 Gradients: ``spatial_sum`` and ``spatial_max`` are ``jax.custom_jvp`` functions whose tangent is
 a plain ``jnp`` expression, so reverse mode transposes it to a broadcast (sum) or to
-``where(x == max, g / count, 0)`` (max), not to a dot or a tree. The max rule is jnp.max's (ties
-share the cotangent equally). Its (max, tie count) pair comes from ``_max_count`` (itself a
-custom_jvp, so every order of differentiation keeps jnp.max's rule) in one pass over x where
-possible: Q > 1 computes chunk maxima and their counts in the same loop fusion; Q == 1 counts
-ties with a tree that also flags NaN; 16-bit floats sum a bfloat16 indicator with YNNPACK.
-``jax.vjp`` of ``jnp.max`` instead writes two full-size float32 temporaries:
-forward+backward (128,32,32,64) 14-18 ms vs 36-48; (256,8,8,192) 1.0-2.4 vs 4.4-12.5;
-(64,56,56,256) 67-115 vs 190-280 (the gradient write itself, page faults included, is 50-77).
-Forward mode works (custom_jvp, not custom_vjp), and so does every order.
+``where(position == index, g, 0)`` (max), not to a dot or a tree. The max rule is PyTorch's
+(and ``max_pool``'s): the whole cotangent goes to the first maximum in row-major order of the
+pooled positions, or to the first NaN. Its index comes from ``_first_hit``, a second pass over x
+after the max that writes one int8 chunk number per 16 elements (a ``lax.cond`` takes the exact
+full-size rule when a column is NaN), so the backward pass is one write of dx that reads neither
+x nor a tie count. (``jnp.max``'s own rule, splitting the cotangent among ties, needs the count
+and a backward pass that reads x again; ``jnp.argmax``, XLA's variadic reduce, is 10-16x slower
+than the max tree.) Forward+backward, ms, same run, glibc tuned as in README (no page faults):
+(128,32,32,64) 4.9 vs 6.9 for the tie-count version and 2.9 for PyTorch; (64,56,56,256) 27.8 vs
+35.0 and 13.9. PyTorch finds the max and its index in one pass, which XLA:CPU cannot fuse (it
+splits the sibling outputs into two loops reading x); ``jax.vjp`` of ``jnp.max`` is 2-3x slower
+again. Forward mode works (custom_jvp, not custom_vjp), and so does every order: the rule calls
+``_max`` itself.
 """
 
 import functools
@@ -311,51 +315,6 @@ def _tree_max(x3: jax.Array) -> jax.Array:
     return _reduce_rows(x3, _identity, jnp.maximum, _finish_max)
 
 
-def _tree_count(x3: jax.Array, m: jax.Array, nan_shift: int | None = None) -> jax.Array:
-    """int32 number of rows of (P, R, Q) equal to m (P, Q), plus ``isnan << nan_shift``."""
-    mb = m[:, None, :]
-
-    def leaf(v):
-        eq = (v == mb).astype(jnp.int32)
-        if nan_shift is None:
-            return eq
-        return eq + (jnp.isnan(v).astype(jnp.int32) << nan_shift)
-
-    return _reduce_rows(x3, leaf, jnp.add, _finish_sum)
-
-
-def _tree_max_count(x3: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(max, int32 count of rows equal to it) over axis 1 of (P, R, Q), reading x3 once.
-
-    The first stage computes the chunk maxima and how many rows attain them as one loop fusion
-    writing both, stacked: the count half re-reads the few KB the max half just read, from
-    cache. The rest works on 1/16 of the data.
-    """
-    _P, R, _Q = x3.shape
-    if R <= _TREE_FINAL:
-        m = _finish_max(x3)
-        return m, jnp.sum((x3 == m[:, None, :]).astype(jnp.int32), axis=1)
-    k = -(-R // _TREE_FANIN)
-    full = R // k
-    chunks = [x3[:, i * k : (i + 1) * k] for i in range(full)]
-    r = R - full * k
-    rest = x3[:, full * k :]
-    m1 = _balanced(chunks, jnp.maximum)
-    if r:
-        m1 = jnp.concatenate([jnp.maximum(m1[:, :r], rest), m1[:, r:]], axis=1)
-    eq = [(c == m1).astype(x3.dtype) for c in chunks]
-    c1 = _balanced(eq, jnp.add)
-    if r:
-        c1 = jnp.concatenate([c1[:, :r] + (rest == m1[:, :r]).astype(x3.dtype), c1[:, r:]], axis=1)
-    # One loop fusion computes both (XLA would split a plain stack back into two, each reading
-    # x); the barrier keeps the stack whole.
-    y = lax.optimization_barrier(jnp.stack([m1, c1], axis=2))  # (P, k, 2, Q)
-    m1, c1 = y[:, :, 0], y[:, :, 1]
-    m = _tree_max(m1)
-    count = _finish_sum(jnp.where(m1 == m[:, None, :], c1.astype(jnp.int32), 0))
-    return m, count
-
-
 def _ynn_max(x3: jax.Array) -> jax.Array:
     """Max over axis 1 of (P, R, Q) by YNNPACK (drops NaN). For large channels-last batches the
     rows are widened to ``k Q`` elements first (then a small second max over the k groups):
@@ -398,43 +357,105 @@ def _cpu_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return lax.cond(suspicious, lambda: _nan_exact(x, m, axes), lambda: m)
 
 
-def _cpu_max_count(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """(max, int32 count of elements equal to it), NaN-exact: one pass over x for channels
-    last (fused chunk max + count), two otherwise (YNNPACK max, then a counting pass)."""
-    prq = _collapse(x.shape, axes) if x.size else None
+def _view(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """x as ``(P, R, Q)`` (channels last), ``(P, R)`` (contiguous rows) reducing axis 1, with R
+    the pooled positions in row-major order; axes that do not collapse are moved last first."""
+    prq = _collapse(x.shape, axes)
     if prq is None:
-        return _plain_max_count(x, axes)
+        ends = tuple(range(x.ndim - len(axes), x.ndim))
+        x = jnp.moveaxis(x, axes, ends)
+        prq = (
+            math.prod(x.shape[: x.ndim - len(axes)]),
+            math.prod(x.shape[x.ndim - len(axes) :]),
+            1,
+        )
     P, R, Q = prq
-    out_shape = _out_shape(x.shape, axes)
-    x3 = x.reshape(P, R, Q)
-    if _use_ynn_max(prq, x) and x.dtype.itemsize < 4 and R < 4096:
-        # 16-bit floats (XLA's own loops are slow on them): a bfloat16 indicator, 1 at the
-        # maxima and 4096 at NaN (exact in bfloat16), summed by YNNPACK in float32 (exact).
-        m = _ynn_max(x3)
-        one, flag, zero = (jnp.asarray(v, jnp.bfloat16) for v in (1, 4096, 0))
-        ind = jnp.where(x3 == m[:, None, :], one, jnp.where(jnp.isnan(x3), flag, zero))
-        # Unfused: XLA would otherwise widen the indicator to float32 before materializing it.
-        total = _unfused(functools.partial(jnp.sum, axis=1, dtype=jnp.float32), ind)
-        m = jnp.where(total >= 4096, jnp.asarray(jnp.nan, m.dtype), m)
-        c = total.astype(jnp.int32)
-    elif _use_ynn_max(prq, x) and R < 2**15:
-        # The count pass also flags NaN (in the high bits), replacing the sum check.
-        shift = 16
-        m = jnp.max(x3, axis=1)
-        c = _tree_count(x3, m, nan_shift=shift)
-        m = jnp.where(c >= (1 << shift), jnp.asarray(jnp.nan, m.dtype), m)
-        c = c & ((1 << shift) - 1)
-    elif Q > 1 or x.size < _MIN_ELEMENTS:
-        m, c = _tree_max_count(x3)
-    else:
-        m = _cpu_max(x, axes).reshape(P, Q)
-        c = _tree_count(x3, m)
-    return m.reshape(out_shape), c.reshape(out_shape)
+    return x.reshape((P, R, Q) if Q > 1 else (P, R))
 
 
-def _plain_max_count(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    m = jnp.max(x, axis=axes)
-    return m, jnp.sum(x == jnp.expand_dims(m, axes), axis=axes, dtype=jnp.int32)
+def _first_hit(x3: jax.Array, m: jax.Array) -> jax.Array:
+    """int32 index along axis 1 of the first element not below ``m``, the maximum over axis 1
+    (so: the first maximum), for columns without NaN; R where none is (a NaN column).
+
+    Rows are split into 16 contiguous chunks, as in the max trees: one loop fusion reads the
+    16 sequential streams and writes, per row position j, the first chunk whose row j is a
+    maximum, as an int8 (1/64 of x's bytes); the int32 index c k + j is formed on that. Where
+    ``jnp.argmax`` (XLA's variadic reduce) takes 16x longer than the max tree, this takes about
+    as long as the tree itself.
+    """
+    R = x3.shape[1]
+    mb = jnp.expand_dims(m, 1)
+    if R <= _TREE_FINAL:
+        iota = lax.broadcasted_iota(jnp.int32, x3.shape, 1)
+        return jnp.min(jnp.where(x3 < mb, R, iota), axis=1)
+    k = -(-R // _TREE_FANIN)
+    full = R // k
+    none = jnp.int8(_TREE_FANIN + 1)
+
+    def leaf(c: int, v: jax.Array) -> jax.Array:
+        return jnp.where(v < mb, none, jnp.int8(c))
+
+    chunk = _balanced([leaf(c, x3[:, c * k : (c + 1) * k]) for c in range(full)], jnp.minimum)
+    r = R - full * k
+    if r:  # The remainder rows are chunk ``full``, row j < r.
+        tail = jnp.minimum(chunk[:, :r], leaf(full, x3[:, full * k :]))
+        chunk = jnp.concatenate([tail, chunk[:, r:]], axis=1)
+    chunk = _unfused(_identity, chunk)
+    iota = lax.broadcasted_iota(jnp.int32, chunk.shape, 1)
+    index = jnp.where(chunk == none, R, chunk.astype(jnp.int32) * k + iota)
+    return _reduce_rows(index, _identity, jnp.minimum, functools.partial(jnp.min, axis=1))
+
+
+def _first_max_or_nan(x3: jax.Array, m: jax.Array) -> jax.Array:
+    """The exact rule: index of the first element equal to m, or of the first NaN."""
+    mb = jnp.expand_dims(m, 1)
+    iota = lax.broadcasted_iota(jnp.int32, x3.shape, 1)
+    hit = (x3 == mb) | jnp.isnan(x3)
+    return jnp.min(jnp.where(hit, iota, x3.shape[1]), axis=1)
+
+
+def _cpu_argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    x3 = _view(x, axes)
+    m = m.reshape(x3.shape[:1] + x3.shape[2:])
+    if x.size < _MIN_ELEMENTS:
+        return _first_max_or_nan(x3, m)
+    # A NaN column (rare) takes the exact full-size pass; the others the fast one.
+    return lax.cond(
+        jnp.any(jnp.isnan(m)), _first_max_or_nan, lambda x3, m: _first_hit(x3, m), x3, m
+    )
+
+
+def _plain_argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    del m  # jnp.argmax: the first maximum, or the first NaN.
+    return jnp.argmax(_view(x, axes), axis=1).astype(jnp.int32)
+
+
+def _argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Flat index over ``axes`` (row-major) of the first maximum of x, or of its first NaN,
+    shaped like the max ``m``. Not differentiable (an integer)."""
+    x, m = lax.stop_gradient(x), lax.stop_gradient(m)
+    out_shape = m.shape
+    if x.size == 0:
+        return jnp.zeros(out_shape, jnp.int32)
+    index = lax.platform_dependent(
+        x,
+        m,
+        cpu=functools.partial(_cpu_argmax, axes=axes),
+        default=functools.partial(_plain_argmax, axes=axes),
+    )
+    return index.reshape(out_shape)
+
+
+def _at_index(t: jax.Array, index: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``t`` at the flat pooled position ``index``: a one-hot sum over the pooled axes, linear in
+    t, whose transpose (the backward pass) writes ``where(position == index, g, 0)``: one write
+    of dx, reading neither x nor t."""
+    t3 = _view(t, axes)
+    one_hot = lax.broadcasted_iota(jnp.int32, t3.shape, 1) == jnp.expand_dims(
+        index.reshape(t3.shape[:1] + t3.shape[2:]), 1
+    )
+    picked = jnp.sum(jnp.where(one_hot, t3, jnp.zeros((), t3.dtype)), axis=1)
+    return picked.reshape(index.shape)
 
 
 def _platform_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -448,48 +469,23 @@ def _max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return _platform_max(x, axes)
 
 
-def _picked(x, t, m, count, axes):
-    """The tangent of the max: mean of the tangents at the tied maxima (jnp.max's rule)."""
-    at_max = x == jnp.expand_dims(m, axes)
-    picked = jnp.sum(jnp.where(at_max, t, jnp.zeros((), t.dtype)), axis=axes)
-    return picked / count.astype(x.dtype)
-
-
 @_max.defjvp
 def _max_jvp(axes, primals, tangents):
     (x,), (t,) = primals, tangents
-    m, count = _max_count(x, axes)
-    return m, _picked(x, t, m, count, axes)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _max_count(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """(max, int32 count of the elements equal to it): what the gradient needs, in one pass
-    over x on CPU where possible. Its own JVP keeps higher derivatives on jnp.max's rule."""
-    return lax.platform_dependent(
-        x,
-        cpu=functools.partial(_cpu_max_count, axes=axes),
-        default=functools.partial(_plain_max_count, axes=axes),
-    )
-
-
-@_max_count.defjvp
-def _max_count_jvp(axes, primals, tangents):
-    (x,), (t,) = primals, tangents
-    m, count = _max_count(x, axes)
-    dcount = np.zeros(count.shape, jax.dtypes.float0)
-    return (m, count), (_picked(x, t, m, count, axes), dcount)
+    # _max itself, so that every order of differentiation follows this rule.
+    m = _max(x, axes)
+    return m, _at_index(t, _argmax(x, m, axes), axes)
 
 
 def spatial_max(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
-    """``jnp.max(x, axis=axes)`` in x's dtype, NaN-propagating, with ``jnp.max``'s gradient.
+    """``jnp.max(x, axis=axes)`` in x's dtype, NaN-propagating, with PyTorch's gradient.
 
     On CPU, ``jnp.max`` (YNNPACK) drops NaN and is slow for channels-last layouts: float32
     channels last runs as elementwise max trees instead (NaN-exact; (64,56,56,256) 8-11 ms vs
     11-14), other cases as YNNPACK's max plus a NaN check; see the module docstring. The
-    gradient splits the cotangent equally among tied maxima, exactly as ``jax.grad`` of
-    ``jnp.max``, in 2.5-5x less time than it; it is a custom JVP, so forward mode and higher
-    orders work.
+    gradient sends the whole cotangent to the first maximum (row-major over ``axes``), or to the
+    first NaN, as PyTorch's ``adaptive_max_pool`` and gapjax's ``max_pool`` do; it is a custom
+    JVP, so forward mode and higher orders work.
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)

@@ -152,16 +152,18 @@ def _mean(x: jax.Array, mask, layout: Layout) -> jax.Array:
 
 
 def _max(x: jax.Array, mask, layout: Layout) -> jax.Array:
-    if mask is None:
-        return _kernels.spatial_max(x, layout.axes)
-    return jnp.max(jnp.where(mask, x, lowest(x.dtype)), axis=layout.axes)
+    """Max over the unmasked positions (masked ones read the lowest value); the gradient goes
+    to the first maximum, as PyTorch's."""
+    if mask is not None:
+        x = jnp.where(mask, x, lowest(x.dtype))
+    return _kernels.spatial_max(x, layout.axes)
 
 
 def _min(x: jax.Array, mask, layout: Layout) -> jax.Array:
-    if mask is None and jnp.issubdtype(x.dtype, jnp.floating):
-        return -_kernels.spatial_max(-x, layout.axes)
     if mask is not None:
         x = jnp.where(mask, x, highest(x.dtype))
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return -_kernels.spatial_max(-x, layout.axes)
     return jnp.min(x, axis=layout.axes)
 
 
@@ -314,8 +316,10 @@ def global_max_pool(
 ) -> Shaped[Array, "..."]:
     """Global max pooling (GMP): ``y = max_i x_i`` over unmasked positions.
 
-    The gradient of tied maxima is split equally among them (``jnp.max``'s convention, which keeps
-    the gradient invariant to permuting positions). NaN propagates.
+    The gradient goes to one winner, as in PyTorch and ``max_pool``: the first maximum in
+    row-major order of the pooled positions, or the first NaN (NaN propagates). Split equally
+    among ties instead (``jnp.max``'s convention) it would need a tie count and a backward pass
+    that reads x again: 1.2-1.4x slower on CPU.
 
     Args:
       x: input, e.g. ``(batch, height, width, channels)``.
@@ -347,7 +351,7 @@ def global_min_pool(
     mask: Mask = None,
     fill_value: Scalar = 0.0,
 ) -> Shaped[Array, "..."]:
-    """Global min pooling: ``y = min_i x_i`` over unmasked positions (ties share the gradient).
+    """Global min pooling: ``y = min_i x_i`` over unmasked positions (gradient to the first min).
 
     Args:
       x: input, e.g. ``(batch, height, width, channels)``.

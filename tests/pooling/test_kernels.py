@@ -1,8 +1,10 @@
 """Tests of the private reduction kernels behind global pooling (gapjax.pooling._kernels).
 
-Every formulation (plain, batched dot, matrix-vector product, elementwise max trees, the fused
-max-and-count pass, the NaN checks) is checked against NumPy on shapes chosen to reach it, with
-odd sizes and remainders; gradients against ``jax.grad`` of the plain ``jnp`` reductions.
+Every formulation (plain, batched dot, matrix-vector product, elementwise max trees, the
+first-maximum index pass, the NaN checks) is checked against NumPy on shapes chosen to reach it,
+with odd sizes and remainders. Gradients: sums and means against ``jax.grad`` of the plain ``jnp``
+reductions; max against PyTorch's rule (the whole cotangent to the first maximum in row-major
+order, or to the first NaN), written here as a gather at ``jnp.argmax`` and in NumPy.
 """
 
 import functools
@@ -126,6 +128,33 @@ def _out(shape, axes):
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
+def _pooled_last(x, axes):
+    """x with the pooled axes moved last and flattened: (*kept, R), R in row-major order."""
+    ends = tuple(range(x.ndim - len(axes), x.ndim))
+    xt = jnp.moveaxis(x, axes, ends)
+    return xt.reshape(xt.shape[: x.ndim - len(axes)] + (-1,))
+
+
+def _first_winner_max(x, axes):
+    """Reference max whose gradient goes to one winner: a gather at ``jnp.argmax`` (the first
+    maximum, or the first NaN), independent of the kernels' index pass."""
+    flat = _pooled_last(x, axes)
+    index = jnp.argmax(flat, axis=-1)[..., None]
+    return jnp.take_along_axis(flat, index, axis=-1)[..., 0]
+
+
+def _numpy_max_grad(x, axes, w):
+    """NumPy: d/dx sum(w * max(x)) under PyTorch's rule (first maximum, else first NaN)."""
+    ends = tuple(range(x.ndim - len(axes), x.ndim))
+    xt = np.moveaxis(x, axes, ends)
+    flat = xt.reshape(-1, math.prod(xt.shape[x.ndim - len(axes) :]))
+    nan = np.isnan(flat)
+    index = np.where(nan.any(1), nan.argmax(1), np.argmax(np.where(nan, -np.inf, flat), 1))
+    g = np.zeros_like(flat)
+    g[np.arange(len(index)), index] = np.reshape(w, -1)
+    return np.moveaxis(g.reshape(xt.shape), ends, axes)
+
+
 GRAD_CASES = [
     c
     for c in CASES
@@ -135,7 +164,7 @@ GRAD_CASES = [
 
 
 @pytest.mark.parametrize("name,shape,axes", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
-def test_gradients_match_jnp(name, shape, axes):
+def test_gradients_match_references(name, shape, axes):
     x = _ties(shape, seed=4)
     w = _x(_out(shape, axes), seed=5)
 
@@ -153,7 +182,7 @@ def test_gradients_match_jnp(name, shape, axes):
         )(x)
         ref = jax.grad(
             loss(
-                lambda x: jnp.max(x, axis=axes),
+                lambda x: _first_winner_max(x, axes),
                 lambda x: jnp.mean(x, axis=axes),
                 lambda x: jnp.sum(x, axis=axes),
             )
@@ -162,6 +191,9 @@ def test_gradients_match_jnp(name, shape, axes):
 
     ours, ref = grads(x, w)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    # Max alone, in NumPy: ties (whole constant columns) send everything to the first one.
+    g = jax.jit(jax.grad(lambda x: jnp.sum(w * K.spatial_max(x, axes))))(x)
+    np.testing.assert_array_equal(g, _numpy_max_grad(x, axes, w))
 
 
 @pytest.mark.parametrize(
@@ -172,7 +204,7 @@ def test_forward_mode_and_second_order(shape, axes):
     t = _x(shape, seed=7)
     mine = {"max": K.spatial_max, "mean": K.spatial_mean, "sum": K.spatial_sum}
     plain = {
-        "max": lambda x, a: jnp.max(x, axis=a),
+        "max": _first_winner_max,
         "mean": lambda x, a: jnp.mean(x, axis=a),
         "sum": lambda x, a: jnp.sum(x, axis=a),
     }
@@ -206,24 +238,26 @@ def test_forward_mode_and_second_order(shape, axes):
             )
 
 
-def test_max_gradient_with_nan_and_ties_in_columns():
-    # Channels first goes through YNNPACK + the NaN flag of the count pass.
-    x = _ties((4, 70, 9, 11), seed=8)
-    x[1, 3, 2, 2] = np.nan
-    clean = np.where(np.isnan(x), -9.0, x)
-
-    @jax.jit
-    def grads(x, clean):
-        return (
-            jax.grad(lambda x: jnp.sum(K.spatial_max(x, (2, 3))))(x),
-            jax.grad(lambda x: jnp.sum(jnp.max(x, axis=(2, 3))))(clean),
-        )
-
-    g, g0 = grads(x, clean)
-    assert np.all(np.asarray(g)[1, 3] == 0)  # NaN column: no gradient (x == NaN is false)
-    mask = np.ones(x.shape, bool)
-    mask[1, 3] = False
-    np.testing.assert_allclose(np.asarray(g)[mask], np.asarray(g0)[mask])
+@pytest.mark.parametrize(
+    "shape,axes,first,second",
+    [
+        ((4, 70, 9, 11), (2, 3), (1, 3, 2, 2), (1, 3, 5, 7)),
+        ((4, 9, 11, 70), (1, 2), (1, 2, 2, 3), (1, 5, 7, 3)),
+    ],
+    ids=["cf", "cl"],
+)
+def test_max_gradient_with_nan_and_ties_in_columns(shape, axes, first, second):
+    # A NaN column takes the exact path: the gradient goes to its first NaN (PyTorch's index).
+    x = _ties(shape, seed=8)
+    x[first] = x[second] = np.nan
+    w = _x(_out(shape, axes), seed=12)
+    g = np.asarray(jax.jit(jax.grad(lambda x: jnp.sum(w * K.spatial_max(x, axes))))(x))
+    np.testing.assert_array_equal(g, _numpy_max_grad(x, axes, w))
+    assert g[first] == w[1, 3] and g[second] == 0
+    # Without NaN the fast path runs: the same rule.
+    clean = np.where(np.isnan(x), 7.0, x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(w * K.spatial_max(x, axes))))(clean)
+    np.testing.assert_array_equal(g, _numpy_max_grad(clean, axes, w))
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=["cl", "cf"])
@@ -240,7 +274,7 @@ def test_vmap_and_jit(case):
         # vmap of the gradient of max (the JVP rules under batching)
         out["grad"] = (
             jax.vmap(jax.grad(lambda x: jnp.sum(K.spatial_max(x, axes))))(xs),
-            jax.vmap(jax.grad(lambda x: jnp.sum(jnp.max(x, axis=axes))))(xs),
+            jax.vmap(jax.grad(lambda x: jnp.sum(_first_winner_max(x, axes))))(xs),
         )
         return out
 
@@ -288,19 +322,24 @@ def test_private_formulations_directly():
         clean = np.nan_to_num(x3)
         ref_max = x3.max(axis=1)
 
+        ties = np.round(clean)  # many tied maxima per column
+
         @jax.jit
-        def run(x3, clean, ref_max, P=P, R=R, Q=Q):
+        def run(x3, clean, ties, ref_max, P=P, R=R, Q=Q):
             return (
                 K._tree_max(x3),
-                K._tree_max_count(clean),
-                K._tree_count(x3, ref_max, nan_shift=16),
+                K._first_hit(ties, ties.max(axis=1)),
+                K._first_hit(ties[..., 0], ties[..., 0].max(axis=1)),  # (P, R) rows
+                K._first_max_or_nan(x3, ref_max),
                 K._batched_dot_sum(clean, P, R, Q) if R >= 16 else None,
             )
 
-        tmax, (m, c), cn, dot = run(x3, clean, ref_max)
+        tmax, hit, hit2, exact, dot = run(x3, clean, ties, ref_max)
         np.testing.assert_array_equal(tmax, ref_max)
-        np.testing.assert_array_equal(m, clean.max(axis=1))
-        np.testing.assert_array_equal(c, (clean == np.asarray(m)[:, None]).sum(axis=1))
-        np.testing.assert_array_equal(np.asarray(cn) >> 16, np.isnan(x3).sum(axis=1))
+        np.testing.assert_array_equal(hit, np.argmax(ties, axis=1))
+        np.testing.assert_array_equal(hit2, np.argmax(ties[..., 0], axis=1))
+        want = np.argmax(clean, axis=1)
+        want[0, 0] = R - 1  # the NaN
+        np.testing.assert_array_equal(exact, want)
         if dot is not None:
             _check_sum(dot, clean.astype(np.float64), (1,))

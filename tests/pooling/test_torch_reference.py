@@ -65,13 +65,20 @@ def test_matches_values_recorded_from_pytorch(name):
     np.testing.assert_allclose(GAPJAX[name](X.transpose(0, 2, 3, 1)), want, rtol=2e-6, atol=1e-6)
 
 
-def test_max_tie_gradient_convention_differs_from_pytorch_by_design():
-    # PyTorch 2.13.0: adaptive_max_pool2d sends the whole gradient to one of the tied maxima
-    # ([[0, 1], [0, 0]] for this input); gapjax splits it equally, as jnp.max does, which keeps
-    # the gradient invariant to permuting positions.
+def test_max_tie_gradient_follows_pytorch():
+    # PyTorch 2.13.0: adaptive_max_pool2d sends the whole gradient to the first of the tied
+    # maxima in row-major order: [[0, 1], [0, 0]] for this input. So do gapjax's global max
+    # (masked or not), global min, and max_pool with a full window.
     x = jnp.array([[[1.0, 3.0], [3.0, 0.0]]])[..., None]
-    g = jax.grad(lambda x: gapjax.global_max_pool(x).sum())(x)
-    np.testing.assert_array_equal(g[0, ..., 0], [[0.0, 0.5], [0.5, 0.0]])
+    want = [[0.0, 1.0], [0.0, 0.0]]
+    for fn in (
+        gapjax.global_max_pool,
+        lambda x: gapjax.global_max_pool(x, mask=jnp.ones((1, 2, 2), bool)),
+        lambda x: -gapjax.global_min_pool(-x),
+        lambda x: gapjax.max_pool(x, 2),
+    ):
+        g = jax.grad(lambda x, fn=fn: fn(x).sum())(x)
+        np.testing.assert_array_equal(g[0, ..., 0], want)
 
 
 @pytest.fixture
