@@ -132,7 +132,7 @@ def _pooled_last(x, axes):
     """x with the pooled axes moved last and flattened: (*kept, R), R in row-major order."""
     ends = tuple(range(x.ndim - len(axes), x.ndim))
     xt = jnp.moveaxis(x, axes, ends)
-    return xt.reshape(xt.shape[: x.ndim - len(axes)] + (-1,))
+    return xt.reshape((*xt.shape[: x.ndim - len(axes)], -1))
 
 
 def _first_winner_max(x, axes):
