@@ -17,11 +17,13 @@ drifts by +-30%; "yardstick" = ``jnp.sum`` over the whole array, i.e. memory ban
 - Sum, Q > 1: a batched matrix-vector product ``ones(1, R/k) @ x.reshape(P, R/k, k Q)`` (XLA's
   Eigen dot: one task per batch, sequential reads), then a small sum over the k row groups.
   Rows are widened to k Q ~ 2048 elements keeping >= 64 of them, which is what Eigen's GEMV
-  needs. Used when one batch holds >= 16K elements; below that the per-batch overhead eats the
+  needs. Used when one batch holds >= 40K elements; below that the per-batch overhead eats the
   gain and ``jnp.sum`` stays. (128,32,32,64): ``jnp.sum`` 1.25, dot 0.70, yardstick 0.51;
   (64,56,56,256): 11.3-12.6 vs 6.5-6.8, yardstick 6.2-7.0; (32,7,7,2048): 0.18-0.29 vs
-  0.11-0.13; (256,8,8,192): 0.18 vs 0.21 (kept). Tried and slower: einsum/dot_general with a
-  ones vector (XLA transposes x), elementwise add trees, splitting P, YNNPACK on widened rows.
+  0.11-0.13; (64,16,16,192) 0.35 vs 0.25; (128,14,14,256) 1.55 vs 1.10; kept: (256,8,8,192)
+  0.18 vs 0.21, (128,16,16,96) 0.26-0.30 vs 0.36-0.58, (128,16,16,128) 0.43 vs 0.55. Tried
+  and slower: einsum/dot_general with a ones vector (XLA transposes x), elementwise add trees,
+  splitting P (each part's slice is copied), YNNPACK on widened rows.
 - Sum, Q == 1: ``x.reshape(P, R) @ ones(R)`` for short rows (R <= 256): (32,2048,7,7) 0.13 vs
   0.20, (256,192,8,8) 0.12 vs 0.14. Longer rows: YNNPACK's contiguous reduce is at the yardstick.
 - Max, Q > 1: balanced trees of elementwise ``jnp.maximum`` (XLA's own maximum propagates NaN)
@@ -68,7 +70,7 @@ __all__ = ["spatial_max", "spatial_mean", "spatial_sum"]
 # formulations only add overhead.
 _MIN_ELEMENTS = 4096
 # Channels-last sums use the batched dot when one batch holds at least this many elements.
-_DOT_MIN_BATCH_ELEMENTS = 16384
+_DOT_MIN_BATCH_ELEMENTS = 40960
 # Widen rows of the batched dot to about this many elements, keeping at least _DOT_MIN_ROWS rows.
 _DOT_ROW_WIDTH = 2048
 _DOT_MIN_ROWS = 64
@@ -172,19 +174,26 @@ def _batched_dot_sum(x3: jax.Array, P: int, R: int, Q: int) -> jax.Array:
     return y[:, 0] if s * k == 1 else jnp.sum(y, axis=1)
 
 
-def _cpu_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def _sum_plan(x: jax.Array, axes: tuple[int, ...]) -> str:
+    """Which CPU formulation sums x over axes: "plain" (``jnp.sum``: YNNPACK), "gemv" or "dot"."""
     prq = _fast_path(x, axes)
     if prq is None or x.dtype != jnp.float32:
-        return _plain_sum(x, axes)
+        return "plain"
     P, R, Q = prq
-    out_shape = _out_shape(x.shape, axes)
     if Q == 1:
-        if P < _GEMV_MIN_ROWS or R > _GEMV_MAX_LENGTH:
-            return _plain_sum(x, axes)
+        return "gemv" if P >= _GEMV_MIN_ROWS and R <= _GEMV_MAX_LENGTH else "plain"
+    return "dot" if R * Q >= _DOT_MIN_BATCH_ELEMENTS and R >= 16 else "plain"
+
+
+def _cpu_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    plan = _sum_plan(x, axes)
+    if plan == "plain":
+        return _plain_sum(x, axes)
+    P, R, Q = _collapse(x.shape, axes)
+    out_shape = _out_shape(x.shape, axes)
+    if plan == "gemv":
         y = jnp.matmul(x.reshape(P, R), jnp.ones((R,), x.dtype), precision=lax.Precision.HIGHEST)
         return y.reshape(out_shape)
-    if R * Q < _DOT_MIN_BATCH_ELEMENTS or R < 16:
-        return _plain_sum(x, axes)
     return _batched_dot_sum(x.reshape(P, R, Q), P, R, Q).reshape(out_shape)
 
 
@@ -212,7 +221,7 @@ def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     """``jnp.sum(x, axis=axes)``, accumulated in float32 for 16-bit floats (returned as float32).
 
     On CPU, float32 sums run as a batched matrix-vector product with a ones vector (channels
-    last, one batch >= 16K elements: up to 2x faster than ``jnp.sum``, near memory bandwidth) or
+    last, one batch >= 40K elements: up to 2x faster than ``jnp.sum``, near memory bandwidth) or
     as ``x @ ones`` (channels first, rows <= 256); see the module docstring for the measurements.
     A custom JVP keeps the gradient a plain broadcast (custom_jvp: forward mode works too).
     """
@@ -231,7 +240,17 @@ def spatial_mean(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
         return jnp.mean(x, axis=axes)
     count = math.prod(x.shape[a] for a in axes)
     total = spatial_sum(x, axes)
-    return total / jnp.asarray(count, total.dtype) if count else total / 0
+    if not count:
+        return total / 0
+
+    def divide(t):
+        return t / jnp.asarray(count, t.dtype)
+
+    if total.size and _sum_plan(x, axes) == "plain":
+        # On CPU, XLA would fuse the division into YNNPACK's reduction, which then runs 15-25%
+        # slower ((256,8,8,192): 0.36 vs 0.30 ms with the division apart; the cond costs ~0.02).
+        return lax.platform_dependent(total, cpu=lambda t: _unfused(divide, t), default=divide)
+    return divide(total)
 
 
 # --------------------------------------------------------------------------------------------
