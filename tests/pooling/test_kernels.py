@@ -20,16 +20,16 @@ from gapjax.pooling import _kernels as K
 F32_RTOL = 2e-6  # relative to sum(|x|): the rounding of any float32 summation order
 
 # (name, shape, axes). Sizes are picked to reach each CPU formulation:
-#   cl_dot*: channels last with >= 16K elements per batch -> batched dot (k > 1 widening, k = 1)
+#   cl_dot*: channels last with >= 40K elements per batch -> batched dot (k > 1 widening, k = 1)
 #   cl_small: channels last, small batches -> plain reduce; max -> one tree stage + finish
 #   cf_gemv: channels first with >= 256 rows -> matrix-vector product; max -> YNNPACK + check
 #   cf_few: channels first with few rows -> plain reduce
 #   1d / 3d: one and three spatial axes; noncontig: axes that do not collapse
 #   unbatched: (H, W, C) pooled over (0, 1); tiny: below every threshold
 CASES = [
-    ("cl_dot_wide", (3, 20, 24, 40), (1, 2)),
+    ("cl_dot_wide", (3, 20, 24, 90), (1, 2)),
     ("cl_dot_k1", (2, 17, 3, 2048), (1, 2)),
-    ("cl_dot_odd", (5, 97, 181), (1,)),
+    ("cl_dot_odd", (5, 233, 181), (1,)),
     ("cl_small", (9, 7, 5, 130), (1, 2)),
     ("cf_gemv", (4, 70, 9, 11), (2, 3)),
     ("cf_few", (2, 5, 23, 19), (2, 3)),
@@ -69,6 +69,13 @@ def test_values_against_numpy(name, shape, axes):
     _check_sum(s, x64, axes)
     _check_sum(m, x64, axes, scale=1.0 / math.prod(shape[a] for a in axes))
     np.testing.assert_array_equal(mx, x.max(axis=axes))
+
+
+def test_cases_reach_the_formulation_they_name():
+    plans = {name: K._sum_plan(jnp.zeros(shape), axes) for name, shape, axes in CASES}
+    assert {n for n, p in plans.items() if p == "dot"} == {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
+    assert {n for n, p in plans.items() if p == "gemv"} == {"cf_gemv"}
+    assert plans["cl_small"] == plans["cf_few"] == plans["tiny"] == "plain"
 
 
 @pytest.mark.parametrize("name,shape,axes", CASES, ids=IDS)
