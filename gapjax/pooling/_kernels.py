@@ -425,6 +425,18 @@ def _first_hit(x3: jax.Array, m: jax.Array) -> jax.Array:
     return _reduce_rows(index, _identity, jnp.minimum, functools.partial(jnp.min, axis=1))
 
 
+def _first_hit_code(x3: jax.Array, m: jax.Array) -> jax.Array:
+    """``_first_hit`` for 16-bit floats and R < 2**15: an int16 code R - r at the maxima (0
+    elsewhere), reduced by one max. XLA's strided loops run 10x slower on 16-bit floats than on
+    float32 (the 16-stream chunks of ``_first_hit``: (128,32,32,64) bfloat16 14 ms), while this
+    fused map-and-reduce takes 1.0 ms, and 0.28 on (256,8,8,192)."""
+    R = x3.shape[1]
+    mb = jnp.expand_dims(m, 1)
+    r = lax.broadcasted_iota(jnp.int16, x3.shape, 1)
+    code = jnp.where(x3 < mb, jnp.int16(0), jnp.int16(R) - r)
+    return R - jnp.max(code, axis=1).astype(jnp.int32)
+
+
 def _first_max_or_nan(x3: jax.Array, m: jax.Array) -> jax.Array:
     """The exact rule: index of the first element equal to m, or of the first NaN."""
     mb = jnp.expand_dims(m, 1)
@@ -438,10 +450,9 @@ def _cpu_argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     m = m.reshape(x3.shape[:1] + x3.shape[2:])
     if x.size < _MIN_ELEMENTS:
         return _first_max_or_nan(x3, m)
+    fast = _first_hit_code if x.dtype.itemsize < 4 and x3.shape[1] < 2**15 else _first_hit
     # A NaN column (rare) takes the exact full-size pass; the others the fast one.
-    return lax.cond(
-        jnp.any(jnp.isnan(m)), _first_max_or_nan, lambda x3, m: _first_hit(x3, m), x3, m
-    )
+    return lax.cond(jnp.any(jnp.isnan(m)), _first_max_or_nan, fast, x3, m)
 
 
 def _plain_argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
