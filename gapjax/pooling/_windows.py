@@ -519,30 +519,43 @@ def _written_out(fn, x: jax.Array) -> jax.Array:
     return lax.platform_dependent(x, cpu=lambda v: _kernels._unfused(fn, v), default=fn)
 
 
-def _select(stage: Stage, x: jax.Array, largest: bool, payloads: Sequence[jax.Array] = ()):
+def _select(
+    stage: Stage,
+    x: jax.Array,
+    largest: bool,
+    payloads: Sequence[jax.Array] = (),
+    floor: Any = None,
+):
     """(extreme, winning tap, payloads at the winner) over each window of the stage.
 
     The winner is PyTorch's: the first tap equal to the extreme in row-major order, or the last
     NaN; a window of -inf values (all taps equal to the padding) points at its first cell inside
     the input, where PyTorch starts its scan. Computed from the extreme, so that the extreme
-    itself stays one fast reduction.
+    itself stays one fast reduction. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
+    clamped to it and a window whose taps all lie beyond it has no winner (-1: no gradient).
     """
-    best = _extreme(stage, x, largest)
+    best = _extreme(stage, x, largest, floor)
 
     def winner(v):
         return stage.assemble(
-            lambda st, region: _winner(st, v, _region_of(best, stage.axes, region), largest)
+            lambda st, region: _winner(
+                st, v, _region_of(best, stage.axes, region), largest, none=floor is not None
+            )
         )
 
     win = _written_out(winner, x)
     return best, win, [_pick(stage, p, win) for p in payloads]
 
 
-def _winner(stage: Stage, x: jax.Array, best: jax.Array, largest: bool) -> jax.Array:
-    """The row-major index of the first tap equal to ``best`` (the last NaN if any)."""
+def _winner(
+    stage: Stage, x: jax.Array, best: jax.Array, largest: bool, none: bool = False
+) -> jax.Array:
+    """The row-major index of the first tap equal to ``best`` (the last NaN if any); where no
+    tap equals it, the window's first cell inside the input, or -1 if ``none``."""
     combos = stage.combos
     idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
-    win = jnp.broadcast_to(jnp.asarray(stage.first_valid(x.ndim), idx_dtype), best.shape)
+    default = -1 if none else stage.first_valid(x.ndim)
+    win = jnp.broadcast_to(jnp.asarray(default, idx_dtype), best.shape)
     fill = _identity(x.dtype, largest)
     taps = [stage.tap(x, c, fill) for c in combos]
     for t in reversed(range(len(combos))):
@@ -679,32 +692,45 @@ def _scatter_back(
     return results[()]
 
 
-def _extreme(stage: Stage, x: jax.Array, largest: bool) -> jax.Array:
-    """The extreme of each window only (NaN-propagating maximum/minimum): the fast forward."""
+def _extreme(stage: Stage, x: jax.Array, largest: bool, floor: Any = None) -> jax.Array:
+    """The extreme of each window only (NaN-propagating maximum/minimum): the fast forward.
+    With a ``floor``, values beyond it become it, in the same loop (a separate ``where`` on the
+    output would be a second pass, which XLA does not fuse into the concatenated regions)."""
     fill = _identity(x.dtype, largest)
     op = jnp.maximum if largest else jnp.minimum
-    return stage.assemble(lambda st, _: functools.reduce(op, st.taps(x, fill)))
+
+    def region(st, _):
+        out = functools.reduce(op, st.taps(x, fill))
+        if floor is None:
+            return out
+        edge = jnp.asarray(floor, out.dtype)
+        return jnp.where(out < edge if largest else out > edge, edge, out)
+
+    return stage.assemble(region)
 
 
 def window_extreme(
-    x: jax.Array, plan: list[Stage], *, largest: bool, want_index: bool
+    x: jax.Array, plan: list[Stage], *, largest: bool, want_index: bool, floor: Any = None
 ) -> tuple[jax.Array, jax.Array | None]:
     """Max (or min) over every window, gradient to one winner; optionally the winner's position.
 
     The position is the flat index of the winner in the input's pooled axes (row-major), as
-    PyTorch's ``return_indices``; -1 for an empty window (Caffe's rule can make one).
+    PyTorch's ``return_indices``; -1 for an empty window (Caffe's rule can make one). With a
+    ``floor`` (Caffe starts from -FLT_MAX), results beyond it are clamped to it and get no
+    gradient.
     """
     out = x
-    for stage in plan:
+    for n, stage in enumerate(plan):
+        last = floor if n == len(plan) - 1 else None
         if jnp.issubdtype(x.dtype, jnp.floating):
-            out = _differentiable_extreme(stage, largest)(out)
+            out = _differentiable_extreme(stage, largest, last)(out)
         else:
-            out = _extreme(stage, out, largest)
+            out = _extreme(stage, out, largest, last)
     index = _winner_index(lax.stop_gradient(x), plan, largest) if want_index else None
     return out, index
 
 
-def _differentiable_extreme(stage: Stage, largest: bool):
+def _differentiable_extreme(stage: Stage, largest: bool, floor: Any = None):
     """The stage's extreme with PyTorch's gradient: the tangent is the winner's tangent.
 
     A custom JVP whose tangent (``_linear_taps``) is linear, so reverse mode transposes it into
@@ -714,12 +740,12 @@ def _differentiable_extreme(stage: Stage, largest: bool):
 
     @jax.custom_jvp
     def extreme(x):
-        return _extreme(stage, x, largest)
+        return _extreme(stage, x, largest, floor)
 
     @extreme.defjvp
     def extreme_jvp(primals, tangents):
         (x,), (t,) = primals, tangents
-        best, win, _ = _select(stage, x, largest)
+        best, win, _ = _select(stage, x, largest, floor=floor)
         return best, _linear_taps(stage, t, win)
 
     return extreme

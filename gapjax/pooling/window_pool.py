@@ -298,14 +298,13 @@ def _extreme_pool(
     x, axes, windows = _setup(
         fn, x, kernel_size, stride, padding, dilation, ceil_mode, convention, data_format
     )
-    out, index = window_extreme(
-        x, stages(axes, windows), largest=largest, want_index=return_indices
-    )
+    floor = None
     if convention == "caffe" and jnp.issubdtype(x.dtype, jnp.floating):
         # Caffe starts from -FLT_MAX: an empty window (or one of -inf) gives it, not -inf.
-        edge = jnp.finfo(x.dtype).min if largest else jnp.finfo(x.dtype).max
-        beyond = out < edge if largest else out > edge
-        out = jnp.where(beyond, jnp.asarray(edge, x.dtype), out)
+        floor = jnp.finfo(x.dtype).min if largest else jnp.finfo(x.dtype).max
+    out, index = window_extreme(
+        x, stages(axes, windows), largest=largest, want_index=return_indices, floor=floor
+    )
     return (out, index) if return_indices else out
 
 

@@ -179,6 +179,37 @@ def test_caffe_empty_window():
     np.testing.assert_array_equal(g[0, :, 0], [1, 0, 1, 0, 1, 0])
 
 
+@pytest.mark.parametrize("largest", [True, False])
+def test_caffe_clamps_to_flt_max_without_gradient(largest):
+    # Caffe starts max pooling from -FLT_MAX (min: +FLT_MAX): a window of -inf gives -FLT_MAX
+    # and no gradient; one whose max IS -FLT_MAX keeps its gradient; NaN stays NaN. 2-D, so the
+    # clamp runs in the interior and border regions of the tap engine.
+    big = np.finfo(np.float32).max
+    inf = np.inf
+    m = np.array(
+        [
+            [-inf, -inf, -big, -inf],
+            [-inf, -inf, -inf, -inf],
+            [1.0, np.nan, 4.0, 7.0],
+            [2.0, 3.0, 7.0, 5.0],
+            [6.0, 8.0, 9.0, -1.0],  # the ceil-mode overhang row of windows
+        ],
+        np.float32,
+    )
+    sign = 1.0 if largest else -1.0
+    pool = gapjax.max_pool if largest else gapjax.min_pool
+    x = jnp.asarray(sign * m)[None, :, :, None]
+    y = pool(x, 2, stride=2, convention="caffe")
+    want = np.array([[-big, -big], [np.nan, 7.0], [8.0, 9.0]], np.float32)
+    np.testing.assert_array_equal(y[0, :, :, 0], sign * want)
+    g = jax.grad(lambda v: jnp.nansum(pool(v, 2, stride=2, convention="caffe")))(x)
+    want_g = np.zeros((5, 4), np.float32)
+    want_g[0, 2] = 1  # the -FLT_MAX cell wins its window
+    want_g[2, 3] = 1  # the first of the tied 7s
+    want_g[4, 1] = want_g[4, 2] = 1
+    np.testing.assert_array_equal(g[0, :, :, 0], want_g)
+
+
 def test_same_padding_follows_keras():
     # L=6, k=3, s=2: out 3, total padding 1, all of it on the high side.
     x = jnp.arange(1.0, 7.0).reshape(1, 6, 1)
