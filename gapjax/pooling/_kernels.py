@@ -325,10 +325,6 @@ def _finish_max(y: jax.Array) -> jax.Array:
     return lax.reduce(y, jnp.asarray(-jnp.inf, y.dtype), _nan_max, (1,))
 
 
-def _finish_sum(y: jax.Array) -> jax.Array:
-    return jnp.sum(y, axis=1)
-
-
 def _tree_max(x3: jax.Array) -> jax.Array:
     """Max over axis 1 of (P, R, Q); XLA's elementwise maximum propagates NaN."""
     return _reduce_rows(x3, _identity, jnp.maximum, _finish_max)
