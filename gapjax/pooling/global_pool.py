@@ -162,9 +162,7 @@ def _max(x: jax.Array, mask, layout: Layout) -> jax.Array:
 def _min(x: jax.Array, mask, layout: Layout) -> jax.Array:
     if mask is not None:
         x = jnp.where(mask, x, highest(x.dtype))
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return -_kernels.spatial_max(-x, layout.axes)
-    return jnp.min(x, axis=layout.axes)
+    return _kernels.spatial_min(x, layout.axes)
 
 
 def _shift(x: jax.Array, mask, layout: Layout) -> jax.Array:

@@ -1,5 +1,8 @@
 """Tests of the private reduction kernels behind global pooling (gapjax.pooling._kernels).
 
+Every test runs twice: with the native CPU kernels (``_native``: max and min) and with the
+pure-XLA formulations alone.
+
 Every formulation (plain, batched dot, matrix-vector product, elementwise max trees, the
 first-maximum index pass, the NaN checks) is checked against NumPy on shapes chosen to reach it,
 with odd sizes and remainders. Gradients: sums and means against ``jax.grad`` of the plain ``jnp``
@@ -9,6 +12,8 @@ order, or to the first NaN), written here as a gather at ``jnp.argmax`` and in N
 
 import functools
 import math
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +21,24 @@ import numpy as np
 import pytest
 
 from gapjax.pooling import _kernels as K
+from gapjax.pooling import _native
+
+
+@pytest.fixture(autouse=True, params=["native", "xla"])
+def formulation(request):
+    """Every test runs with the native CPU kernels (where they apply) and without them."""
+    if request.param == "native":
+        yield request.param
+    else:
+        with _native.disabled():
+            yield request.param
+
+
+def test_native_kernels_are_built_where_a_compiler_is(formulation):
+    if os.environ.get("GAPJAX_NATIVE") == "0" or not shutil.which(os.environ.get("CXX", "c++")):
+        pytest.skip("native kernels disabled, or no C++ compiler")
+    assert _native.available() == (formulation == "native")
+
 
 F32_RTOL = 2e-6  # relative to sum(|x|): the rounding of any float32 summation order
 

@@ -1,0 +1,149 @@
+"""Native CPU kernels (private): ``_native.cc``, compiled on first use and called through XLA's FFI.
+
+XLA:CPU cannot compute a maximum and its position in one pass over the input (it splits every
+two-output loop into two loops that each read x), and its reductions over non-contiguous rows run
+well below memory bandwidth. The kernels in ``_native.cc`` read the input once, vectorized along
+the contiguous axis, on XLA's own intra-op thread pool, and are called as XLA custom calls
+(``jax.ffi.ffi_call``), so they compose with ``jit``, ``vmap`` and the custom derivative rules of
+``_kernels``.
+
+The source is compiled the first time a CPU computation needs it, with the system C++ compiler
+(``$CXX``, else ``c++``; ``-O3 -march=native``) against the FFI headers that jaxlib ships, and the
+library is cached under ``$GAPJAX_CACHE_DIR`` (default ``~/.cache/gapjax``), keyed by the
+source, jaxlib's version, the compiler and the CPU's features. Without a compiler, or with
+``GAPJAX_NATIVE=0`` in the environment, gapjax warns once (not for ``GAPJAX_NATIVE=0``) and uses
+its pure-XLA formulations, which give identical results. Only the default backend ``cpu`` uses
+the kernels; GPU and TPU programs never see them.
+"""
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["available", "disabled", "extreme"]
+
+_SOURCE = Path(__file__).with_name("_native.cc")
+_TARGETS = {"gapjax_extreme": "GapjaxExtreme", "gapjax_extreme_index": "GapjaxExtremeIndex"}
+# float dtypes the kernels take (others use the XLA formulations).
+DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
+
+_lock = threading.Lock()
+_state: dict = {"loaded": None, "off": False}
+
+
+def _cpu_features() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(cache: Path) -> Path:
+    """Compile ``_native.cc`` into ``cache`` (if not there yet) and return the library's path."""
+    import jaxlib
+
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
+    if sys.platform == "darwin":
+        flags += ["-undefined", "dynamic_lookup"]
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), jaxlib.__version__, cxx, " ".join(flags), _cpu_features()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    lib = cache / f"gapjax_native_{key.hexdigest()[:16]}.so"
+    if lib.exists():
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    # Compile to a private name, then rename: concurrent processes (pytest -n) never load a
+    # half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        cmd = [cxx, *flags, f"-I{include}", str(_SOURCE), "-o", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def _load() -> bool:
+    cache = Path(
+        os.environ.get("GAPJAX_CACHE_DIR") or Path.home() / ".cache" / "gapjax"
+    ).expanduser()
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(_build(cache)))
+        for name, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
+    except Exception as err:  # no compiler, no headers, a read-only cache: fall back, once.
+        warnings.warn(
+            f"gapjax: native CPU kernels unavailable ({err}); using the XLA formulations "
+            "(same results, slower max pooling). Set GAPJAX_NATIVE=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def available() -> bool:
+    """Whether the native kernels may be used: the default backend is CPU, ``GAPJAX_NATIVE`` is
+    not ``0`` and the library compiled and loaded (tried once per process)."""
+    if _state["off"] or os.environ.get("GAPJAX_NATIVE", "1") == "0":
+        return False
+    if jax.default_backend() != "cpu":
+        return False
+    with _lock:
+        if _state["loaded"] is None:
+            _state["loaded"] = _load()
+    return _state["loaded"]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Trace with the XLA formulations instead of the native kernels (tests, comparisons).
+
+    Clears JAX's caches on entry and exit, so that functions traced before are traced again.
+    """
+    jax.clear_caches()
+    _state["off"] = True
+    try:
+        yield
+    finally:
+        _state["off"] = False
+        jax.clear_caches()
+
+
+def supports(dtype) -> bool:
+    return any(jnp.dtype(dtype) == jnp.dtype(d) for d in DTYPES)
+
+
+def extreme(x3: jax.Array, *, largest: bool, index: bool):
+    """Max (``largest``) or min over axis -2 of ``x3`` (..., R, Q), NaN-propagating, and with
+    ``index`` the int32 position of the first extreme (or first NaN) along that axis."""
+    out = jax.ShapeDtypeStruct(x3.shape[:-2] + x3.shape[-1:], x3.dtype)
+    if not index:
+        call = jax.ffi.ffi_call("gapjax_extreme", out, vmap_method="broadcast_all")
+        return call(x3, largest=bool(largest))
+    pos = jax.ShapeDtypeStruct(out.shape, np.int32)
+    call = jax.ffi.ffi_call("gapjax_extreme_index", (out, pos), vmap_method="broadcast_all")
+    return tuple(call(x3, largest=bool(largest)))

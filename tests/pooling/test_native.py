@@ -1,0 +1,171 @@
+"""Tests of the native CPU kernels (gapjax.pooling._native) and of their fallback.
+
+The kernels are checked bit for bit against a NumPy reference of PyTorch's rule (value and
+position of the first maximum, or of the first NaN), over every dtype, over layouts that reach
+each code path (contiguous rows with and without the 16 interleaved lanes, column blocks with
+and without a vector remainder, several column blocks, the thread pool), and with ties, signed
+zeros, infinities and NaN. The public functions must give the same values and gradients with
+the kernels and with the pure-XLA formulations (``_native.disabled()``).
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gapjax
+from gapjax.pooling import _native
+
+pytestmark = pytest.mark.skipif(
+    not _native.available(), reason="native kernels disabled (GAPJAX_NATIVE=0) or unavailable"
+)
+
+DTYPES = [np.float32, np.float64, jnp.bfloat16, np.float16]
+UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+# (P, R, Q): Q == 1 rows shorter than 32 (no lanes), with lanes and a remainder; Q < 16 (scalar
+# columns), Q = 16 k and 16 k + r (vector body and tail), Q > 512 (two column blocks); the
+# last two exceed 65536 elements (the thread pool).
+SHAPES = [
+    (3, 1, 1),
+    (5, 31, 1),
+    (4, 32, 1),
+    (7, 101, 1),
+    (4, 9, 3),
+    (3, 40, 16),
+    (2, 33, 37),
+    (2, 7, 600),
+    (9, 300, 40),
+    (70, 1100, 1),
+]
+
+
+def _specials(x: np.ndarray, rng) -> np.ndarray:
+    """Ties, signed zeros, infinities and NaN (one or two per row, first or later)."""
+    P, R, _ = x.shape
+    x = np.round(x * 2) / 2  # ties everywhere
+    zeros = rng.random(x.shape) < 0.1
+    x[zeros] = np.where(rng.random(zeros.sum()) < 0.5, 0.0, -0.0)
+    x[rng.random(x.shape) < 0.02] = np.inf
+    x[rng.random(x.shape) < 0.02] = -np.inf
+    if P >= 3:
+        x[1] = -np.inf  # a whole batch of -inf
+        x[2, R // 2] = np.nan  # one NaN per column
+        x[2, R - 1] = -np.nan  # and a later one, of the other sign
+    if P >= 4 and R >= 2:
+        x[3, :] = -0.0
+        x[3, R - 1] = 0.0  # +0 after -0: a tie, the first wins
+    return x
+
+
+def _reference(x: np.ndarray, largest: bool) -> np.ndarray:
+    """Position along axis 1 of the first extreme, or of the first NaN."""
+    key = x.astype(np.float64) * (1 if largest else -1)
+    nan = np.isnan(key)
+    return np.where(nan.any(1), nan.argmax(1), np.argmax(np.where(nan, -np.inf, key), 1))
+
+
+def _bits(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a.view(UINT[a.dtype.itemsize])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_extreme_against_numpy(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x = _specials(rng.standard_normal(shape) * 3, rng)
+    with jax.enable_x64(dtype == np.float64):
+        xj = jnp.asarray(x, dtype)
+        xn = np.asarray(xj)  # rounded to dtype
+        for largest in (True, False):
+            want = _reference(xn, largest)
+            value, index = jax.jit(
+                lambda v, largest=largest: _native.extreme(v, largest=largest, index=True)
+            )(xj)
+            only = _native.extreme(xj, largest=largest, index=False)
+            assert value.dtype == xj.dtype and index.dtype == jnp.int32
+            np.testing.assert_array_equal(index, want)
+            at = np.take_along_axis(xn, want[:, None], 1)[:, 0]
+            np.testing.assert_array_equal(_bits(value), _bits(at))  # the element itself
+            np.testing.assert_array_equal(_bits(only), _bits(at))
+
+
+def test_vmap_and_leading_batch_axes():
+    x = np.random.default_rng(1).standard_normal((3, 2, 5, 40, 20)).astype(np.float32)
+    v, i = jax.vmap(lambda a: _native.extreme(a, largest=True, index=True))(x)
+    assert v.shape == i.shape == (3, 2, 5, 20)
+    np.testing.assert_array_equal(v, x.max(axis=3))
+    np.testing.assert_array_equal(i, x.argmax(axis=3))
+
+
+CASES = [  # (function, shape, kwargs)
+    (gapjax.global_max_pool, (4, 9, 11, 70), {}),
+    (gapjax.global_min_pool, (4, 9, 11, 70), {}),
+    (gapjax.global_max_pool, (4, 70, 9, 11), {"data_format": "channels_first"}),
+    (gapjax.global_min_pool, (3, 33, 20), {"axis": (0, 2)}),  # axes that do not collapse
+    (gapjax.mixed_pool, (4, 9, 11, 70), {"alpha": 0.3}),
+    (gapjax.catavgmax_pool, (2, 130, 24), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("fn,shape,kwargs", CASES, ids=lambda c: getattr(c, "__name__", None))
+def test_public_functions_agree_with_the_xla_formulations(fn, shape, kwargs, dtype):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(np.round(rng.standard_normal(shape) * 2), dtype)  # many ties
+    if "axis" in kwargs:
+        mask = None
+    elif kwargs.get("data_format") == "channels_first":
+        mask = rng.random((shape[0], *shape[2:])) < 0.8
+    else:
+        mask = rng.random(shape[:-1]) < 0.8
+
+    def run():
+        def loss(x):
+            out = fn(x, **kwargs)
+            if mask is not None:
+                out = out + fn(x, mask=mask, **kwargs)
+            return jnp.sum(jnp.sin(out.astype(jnp.float32)))
+
+        return jax.jit(lambda x: (fn(x, **kwargs), jax.grad(loss)(x)))(x)
+
+    native = run()
+    with _native.disabled():
+        xla = run()
+    exact = fn in (gapjax.global_max_pool, gapjax.global_min_pool)
+    for a, b in zip(native, xla, strict=True):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:  # the means round differently as XLA fuses them differently; max picks agree
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_disabled_traces_without_custom_calls():
+    f = jax.jit(lambda x: gapjax.global_max_pool(x))
+    x = jnp.ones((2, 8, 8, 32))
+    assert "gapjax_extreme" in f.lower(x).as_text()
+    with _native.disabled():
+        assert (
+            "gapjax_extreme" not in jax.jit(lambda x: gapjax.global_max_pool(x)).lower(x).as_text()
+        )
+
+
+def test_a_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("GAPJAX_CACHE_DIR", str(tmp_path / "cache"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _native._load() is False
+    assert any("native CPU kernels unavailable" in str(w.message) for w in caught)
+
+
+def test_the_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAPJAX_CACHE_DIR", str(tmp_path))
+    lib = _native._build(tmp_path)
+    stamp = lib.stat().st_mtime_ns
+    assert _native._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [lib.name]  # no temporary files left
