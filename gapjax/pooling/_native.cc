@@ -14,6 +14,7 @@
 // Every leading axis is a batch axis (so vmap's "broadcast_all" works unchanged).
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -305,6 +306,146 @@ ffi::Error ExtremeIndexImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   return largest ? Dispatch<true, true>(pool, x, o, i) : Dispatch<false, true>(pool, x, o, i);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Window select: the extreme of every window and its winning tap (float32).
+// ---------------------------------------------------------------------------------------------
+
+// x (P, S, Q) with S = L_1 ... L_k the pooled axes (row-major), Q the contiguous rest. The
+// geometry attribute holds k, then L_a, O_a (outputs) and T_a (taps) per axis, then per axis
+// the (O_a, T_a) table of the input position each tap of each output reads (-1: padding or
+// past the window). Outputs (P, O_1 ... O_k, Q): the extreme, and the winning tap (row-major
+// over the taps) as int8 or int32: the first tap equal to the extreme, or the last NaN; for a
+// window without any tap inside x, -1 and the identity (-inf for max). With has_floor (Caffe's
+// -FLT_MAX start), an extreme beyond the floor becomes the floor, and its winner -1.
+struct Geometry {
+  int k = 0;
+  int64_t L[3], O[3], T[3];
+  const int64_t* src[3];
+  int64_t taps = 1, outs = 1, size = 1;
+};
+
+bool ParseGeometry(ffi::Span<const int64_t> g, Geometry& geo) {
+  if (g.size() < 1) return false;
+  geo.k = static_cast<int>(g[0]);
+  if (geo.k < 1 || geo.k > 3 || static_cast<int64_t>(g.size()) < 1 + 3 * geo.k) return false;
+  int64_t at = 1 + 3 * geo.k;
+  for (int a = 0; a < geo.k; ++a) {
+    geo.L[a] = g[1 + a];
+    geo.O[a] = g[1 + geo.k + a];
+    geo.T[a] = g[1 + 2 * geo.k + a];
+    geo.src[a] = g.begin() + at;
+    at += geo.O[a] * geo.T[a];
+    geo.taps *= geo.T[a];
+    geo.outs *= geo.O[a];
+    geo.size *= geo.L[a];
+  }
+  return at == static_cast<int64_t>(g.size());
+}
+
+template <bool kLargest, typename W>
+void SelectRow(const float* x, const Geometry& geo, int64_t o, int64_t Q, float identity,
+               bool has_floor, float floor, float* best, W* win) {
+  // Multi-index of output o, then the valid taps in row-major order.
+  int64_t oi[3] = {0, 0, 0};
+  for (int64_t a = geo.k - 1, r = o; a >= 0; --a) {
+    oi[a] = r % geo.O[a];
+    r /= geo.O[a];
+  }
+  alignas(64) float m[kColumns];
+  alignas(64) int32_t t[kColumns];
+  for (int64_t q0 = 0; q0 < Q; q0 += kColumns) {
+    const int64_t w = std::min(kColumns, Q - q0);
+    const int64_t nv = w / kLanes;
+    bool started = false;
+    for (int64_t tap = 0; tap < geo.taps; ++tap) {
+      int64_t pos = 0;
+      bool valid = true;
+      for (int64_t a = 0, r = tap, div = geo.taps; a < geo.k; ++a) {
+        div /= geo.T[a];
+        const int64_t j = r / div;
+        r %= div;
+        const int64_t s = geo.src[a][oi[a] * geo.T[a] + j];
+        if (s < 0) {
+          valid = false;
+          break;
+        }
+        pos = pos * geo.L[a] + s;
+      }
+      if (!valid) continue;
+      const float* row = x + pos * Q + q0;
+      const int32_t tt = static_cast<int32_t>(tap);
+      if (!started) {
+        std::memcpy(m, row, w * sizeof(float));
+        for (int64_t j = 0; j < w; ++j) t[j] = tt;
+        started = true;
+        continue;
+      }
+      const VI tv = VI{} + tt;
+      for (int64_t u = 0; u < nv; ++u) {
+        VF v = VLoadRaw<VF>(row + u * kLanes);
+        VF mv = VLoadRaw<VF>(m + u * kLanes);
+        VI take = (kLargest ? (v > mv) : (v < mv)) | (v != v);  // first extreme, last NaN
+        VStore(m + u * kLanes, take ? v : mv);
+        VStore(t + u * kLanes, take ? tv : VLoadRaw<VI>(t + u * kLanes));
+      }
+      for (int64_t j = nv * kLanes; j < w; ++j) {
+        const float v = row[j];
+        if ((kLargest ? v > m[j] : v < m[j]) || v != v) {
+          m[j] = v;
+          t[j] = tt;
+        }
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      float v = started ? m[j] : identity;
+      int32_t k = started ? t[j] : -1;
+      if (has_floor && (kLargest ? v < floor : v > floor)) {
+        v = floor;
+        k = -1;
+      }
+      best[q0 + j] = v;
+      win[q0 + j] = static_cast<W>(k);
+    }
+  }
+}
+
+ffi::Error SelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Result<ffi::Buffer<ffi::F32>> best,
+                      ffi::Result<ffi::AnyBuffer> win, ffi::Span<const int64_t> geometry,
+                      bool largest, bool has_floor, float floor) {
+  Geometry geo;
+  if (!ParseGeometry(geometry, geo)) {
+    return ffi::Error::InvalidArgument("gapjax_window_select: malformed geometry");
+  }
+  auto dims = x.dimensions();
+  if (dims.size() < 3) return ffi::Error::InvalidArgument("gapjax_window_select: rank < 3");
+  const int64_t n = dims.size(), Q = dims[n - 1], S = dims[n - 2];
+  int64_t P = 1;
+  for (int64_t i = 0; i < n - 2; ++i) P *= dims[i];
+  if (S != geo.size) return ffi::Error::InvalidArgument("gapjax_window_select: size mismatch");
+  const float* xp = x.typed_data();
+  float* bp = best->typed_data();
+  const bool narrow = win->element_type() == ffi::DataType::S8;
+  void* wp = win->untyped_data();
+  const float identity = largest ? -INFINITY : INFINITY;
+  ParallelFor(pool, P * geo.outs, P * S * Q, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t p = i / geo.outs, o = i % geo.outs;
+      const float* xs = xp + p * S * Q;
+      float* bo = bp + i * Q;
+      if (narrow) {
+        int8_t* wo = static_cast<int8_t*>(wp) + i * Q;
+        largest ? SelectRow<true>(xs, geo, o, Q, identity, has_floor, floor, bo, wo)
+                : SelectRow<false>(xs, geo, o, Q, identity, has_floor, floor, bo, wo);
+      } else {
+        int32_t* wo = static_cast<int32_t*>(wp) + i * Q;
+        largest ? SelectRow<true>(xs, geo, o, Q, identity, has_floor, floor, bo, wo)
+                : SelectRow<false>(xs, geo, o, Q, identity, has_floor, floor, bo, wo);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxExtreme, ExtremeImpl,
@@ -321,3 +462,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxExtremeIndex, ExtremeIndexImpl,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("largest"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxWindowSelect, SelectImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("geometry")
+                                  .Attr<bool>("largest")
+                                  .Attr<bool>("has_floor")
+                                  .Attr<float>("floor"));

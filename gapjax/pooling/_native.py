@@ -19,6 +19,7 @@ the kernels; GPU and TPU programs never see them.
 import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -28,15 +29,20 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "disabled", "extreme"]
+__all__ = ["available", "disabled", "extreme", "window_select"]
 
 _SOURCE = Path(__file__).with_name("_native.cc")
-_TARGETS = {"gapjax_extreme": "GapjaxExtreme", "gapjax_extreme_index": "GapjaxExtremeIndex"}
+_TARGETS = {
+    "gapjax_extreme": "GapjaxExtreme",
+    "gapjax_extreme_index": "GapjaxExtremeIndex",
+    "gapjax_window_select": "GapjaxWindowSelect",
+}
 # float dtypes the kernels take (others use the XLA formulations).
 DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
 
@@ -147,3 +153,37 @@ def extreme(x3: jax.Array, *, largest: bool, index: bool):
     pos = jax.ShapeDtypeStruct(out.shape, np.int32)
     call = jax.ffi.ffi_call("gapjax_extreme_index", (out, pos), vmap_method="broadcast_all")
     return tuple(call(x3, largest=bool(largest)))
+
+
+def window_select(
+    x3: jax.Array,
+    geometry: np.ndarray,
+    outs: tuple[int, ...],
+    *,
+    largest: bool,
+    floor: Any,
+    win_dtype: Any,
+):
+    """Extreme of every window of x3 (P, S, Q) float32, and its winning tap.
+
+    ``geometry`` (int64): k, the input lengths, output lengths and taps of the k pooled axes
+    (S = their product, row-major), then per axis the (outputs, taps) table of the input
+    position each tap reads (-1: padding). Returns (best, win) shaped (P, prod(outs), Q): the
+    first tap equal to the extreme in row-major tap order, or the last NaN; -1 (and the
+    identity) for a window with no tap inside x; with ``floor``, extremes beyond it become it,
+    with winner -1 (Caffe's -FLT_MAX start).
+    """
+    shape = (*x3.shape[:-2], math.prod(outs), x3.shape[-1])
+    call = jax.ffi.ffi_call(
+        "gapjax_window_select",
+        (jax.ShapeDtypeStruct(shape, x3.dtype), jax.ShapeDtypeStruct(shape, win_dtype)),
+        vmap_method="broadcast_all",
+    )
+    best, win = call(
+        x3,
+        geometry=np.ascontiguousarray(geometry, np.int64),
+        largest=bool(largest),
+        has_floor=floor is not None,
+        floor=np.float32(0.0 if floor is None else floor),
+    )
+    return best, win

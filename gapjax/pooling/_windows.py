@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gapjax.pooling import _kernels
+from gapjax.pooling import _kernels, _native
 from gapjax.pooling._common import DATA_FORMATS
 
 CONVENTIONS = ("pytorch", "caffe")
@@ -534,6 +534,9 @@ def _select(
     itself stays one fast reduction. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
     clamped to it and a window whose taps all lie beyond it has no winner (-1: no gradient).
     """
+    if _native_select_ok(stage, x):
+        best, win = _native_select(stage, x, largest, floor)
+        return best, win, [_pick(stage, p, win) for p in payloads]
     best = _extreme(stage, x, largest, floor)
 
     def winner(v):
@@ -545,6 +548,70 @@ def _select(
 
     win = _written_out(winner, x)
     return best, win, [_pick(stage, p, win) for p in payloads]
+
+
+def _native_select_ok(stage: Stage, x: jax.Array) -> bool:
+    """Whether the stage's select runs as one native pass (``_native.window_select``): float32
+    on CPU, the stage's axes adjacent in x, and at least 16 contiguous values behind them (the
+    kernel vectorizes over those: channels last)."""
+    axes = stage.axes
+    if x.dtype != jnp.float32 or x.size == 0 or len(axes) > 3:
+        return False
+    if list(axes) != list(range(axes[0], axes[0] + len(axes))):
+        return False
+    return math.prod(x.shape[axes[-1] + 1 :]) >= 16 and _native.available()
+
+
+def _native_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
+    """``_select``'s (extreme, winner) in one native pass over x (see ``_native.window_select``)."""
+    axes, windows = stage.axes, stage.windows
+    lo, hi = axes[0], axes[-1] + 1
+    P, Q = math.prod(x.shape[:lo]), math.prod(x.shape[hi:])
+    geometry = [len(axes)]
+    geometry += [w.length for w in windows] + [w.out for w in windows] + [w.taps for w in windows]
+    for w in windows:
+        geometry += np.stack([w.src(j) for j in range(w.taps)], axis=1).reshape(-1).tolist()
+    idx_dtype = jnp.int8 if len(stage.combos) < 127 else jnp.int32
+
+    def select(v):
+        best, win = _native.window_select(
+            v.reshape(P, -1, Q),
+            np.asarray(geometry, np.int64),
+            tuple(w.out for w in windows),
+            largest=largest,
+            floor=floor,
+            win_dtype=idx_dtype,
+        )
+        out_shape = stage.out_shape(v.shape)
+        return best.reshape(out_shape), win.reshape(out_shape)
+
+    def fallback(v):
+        best = _extreme(stage, v, largest, floor)
+        win = stage.assemble(
+            lambda st, region: _winner(
+                st, v, _region_of(best, axes, region), largest, none=floor is not None
+            )
+        )
+        return best, win
+
+    best, win = lax.platform_dependent(lax.stop_gradient(x), cpu=select, default=fallback)
+    return _known_extreme(stage, x, best, win), win
+
+
+def _known_extreme(stage: Stage, x: jax.Array, best: jax.Array, win: jax.Array) -> jax.Array:
+    """``best``, known to be x's extreme over each window with winner ``win``: its tangent is the
+    winner's tangent, to every order (the native call itself is not differentiable)."""
+
+    @jax.custom_jvp
+    def known(x, best, win):
+        return best
+
+    @known.defjvp
+    def known_jvp(primals, tangents):
+        x, best, win = primals
+        return known(x, best, win), _linear_taps(stage, tangents[0], win)
+
+    return known(x, best, win)
 
 
 def _winner(

@@ -169,3 +169,57 @@ def test_the_cache_is_reused(tmp_path, monkeypatch):
     stamp = lib.stat().st_mtime_ns
     assert _native._build(tmp_path) == lib and lib.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [lib.name]  # no temporary files left
+
+
+# Windowed max/min: the native select (float32, >= 16 contiguous values behind the pooled axes)
+# must give the XLA engine's values, winners, indices and gradients exactly.
+WINDOW_CASES = [  # (function, shape (channels last unless said), kwargs)
+    (gapjax.max_pool, (2, 9, 11, 37), {"kernel_size": 3, "stride": 2}),
+    (gapjax.max_pool, (2, 9, 11, 16), {"kernel_size": 3, "stride": 2, "convention": "caffe"}),
+    (gapjax.max_pool, (2, 8, 8, 20), {"kernel_size": 3, "stride": 2, "ceil_mode": True}),
+    (gapjax.min_pool, (2, 10, 9, 33), {"kernel_size": (3, 2), "padding": 1, "dilation": 2}),
+    (gapjax.max_pool, (2, 12, 40), {"kernel_size": 4, "stride": 3, "padding": 2}),  # 1-D
+    (gapjax.max_pool, (1, 5, 6, 7, 17), {"kernel_size": 2, "stride": 1, "padding": 1}),  # 3-D
+    (gapjax.max_pool, (2, 14, 13, 24), {"kernel_size": 7, "stride": 2, "padding": 3}),  # stages
+    (gapjax.max_pool, (2, 9, 24, 10), {"kernel_size": 3, "data_format": "channels_first"}),
+    (gapjax.adaptive_max_pool, (2, 10, 7, 18), {"output_size": (4, 5)}),
+]
+
+
+def _window_inputs(shape, seed):
+    x = np.round(np.random.default_rng(seed).standard_normal(shape) * 2).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::97] = np.nan
+    flat[5::89] = -np.inf
+    flat[7::83] = np.inf
+    x[0, 1] = -np.inf  # windows of -inf only (Caffe clamps them to -FLT_MAX)
+    return x
+
+
+@pytest.mark.parametrize("fn,shape,kwargs", WINDOW_CASES)
+def test_window_select_agrees_with_the_xla_engine(fn, shape, kwargs):
+    x = _window_inputs(shape, seed=len(shape) + shape[-1])
+    with_indices = fn is not gapjax.min_pool and "convention" not in kwargs
+    out_shape = jax.eval_shape(lambda v: fn(v, **kwargs), x).shape
+    weights = np.random.default_rng(3).standard_normal(out_shape).astype(np.float32)
+    clean = np.nan_to_num(x, posinf=9.0, neginf=-9.0)
+
+    def run(x, clean):
+        def loss(v):
+            return jnp.sum(jnp.sin(fn(v, **kwargs)) * weights)
+
+        out = {"value": fn(x, **kwargs), "grad": jax.grad(loss)(clean)}
+        if with_indices:
+            out["index"] = fn(x, return_indices=True, **kwargs)[1]
+        out["jvp"] = jax.jvp(lambda v: fn(v, **kwargs), (clean,), (jnp.cos(clean),))[1]
+        return out
+
+    native = jax.jit(run)(x, clean)
+    hlo = jax.jit(jax.grad(lambda v: jnp.sum(fn(v, **kwargs)))).lower(clean).as_text()
+    # Channels first leaves one contiguous value behind the pooled axes: the XLA engine runs.
+    channels_first = kwargs.get("data_format") == "channels_first"
+    assert ("gapjax_window_select" in hlo) != channels_first
+    with _native.disabled():
+        xla = jax.jit(run)(x, clean)
+    for key in native:
+        np.testing.assert_array_equal(native[key], xla[key], err_msg=key)
