@@ -92,12 +92,24 @@ def _build(cache: Path) -> Path:
     return lib
 
 
+def _cache_dirs() -> list[Path]:
+    """Where the library may be cached: ``$GAPJAX_CACHE_DIR`` or ``~/.cache/gapjax``, then a
+    per-user folder in the temporary directory (a read-only home)."""
+    first = os.environ.get("GAPJAX_CACHE_DIR") or Path.home() / ".cache" / "gapjax"
+    user = os.environ.get("USER") or str(os.getuid() if hasattr(os, "getuid") else "user")
+    return [Path(first).expanduser(), Path(tempfile.gettempdir()) / f"gapjax-{user}"]
+
+
 def _load() -> bool:
-    cache = Path(
-        os.environ.get("GAPJAX_CACHE_DIR") or Path.home() / ".cache" / "gapjax"
-    ).expanduser()
     try:
-        lib = ctypes.cdll.LoadLibrary(str(_build(cache)))
+        for n, cache in enumerate(_cache_dirs()):
+            try:
+                path = _build(cache)
+                break
+            except OSError:  # not writable: try the next place
+                if n == len(_cache_dirs()) - 1:
+                    raise
+        lib = ctypes.cdll.LoadLibrary(str(path))
         for name, symbol in _TARGETS.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), "cpu")
     except Exception as err:  # no compiler, no headers, a read-only cache: fall back, once.
