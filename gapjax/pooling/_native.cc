@@ -146,8 +146,8 @@ struct HalfKey {
 
 // Columns [q0, q0 + w) of one (R, Q) slab, row by row (sequential reads), the running best per
 // column kept in L1. The vector body is written out with vector types: left to the
-// autovectorizer, the same loop ran 2x slower on some layouts (its code varies with the array
-// sizes, and some variants stall on store-to-load forwarding).
+// autovectorizer, the same loop's code varied with the array sizes, and some variants ran much
+// slower (stalls on store-to-load forwarding).
 constexpr int64_t kColumns = 512;
 
 template <typename K, bool kIndex>

@@ -539,7 +539,13 @@ def _select(
     """
     if _native_select_ok(stage, x):
         best, win = _native_select(stage, x, largest, floor)
-        return best, win, [_pick(stage, p, win) for p in payloads]
+    else:
+        best, win = _xla_select(stage, x, largest, floor)
+    return best, win, [_pick(stage, p, win) for p in payloads]
+
+
+def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
+    """(extreme, winner) by the tap engine: the extreme, then the winner from it (two passes)."""
     best = _extreme(stage, x, largest, floor)
 
     def winner(v):
@@ -549,8 +555,7 @@ def _select(
             )
         )
 
-    win = _written_out(winner, x)
-    return best, win, [_pick(stage, p, win) for p in payloads]
+    return best, _written_out(winner, x)
 
 
 def _native_select_ok(stage: Stage, x: jax.Array) -> bool:
@@ -589,13 +594,7 @@ def _native_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
         return best.reshape(out_shape), win.reshape(out_shape)
 
     def fallback(v):
-        best = _extreme(stage, v, largest, floor)
-        win = stage.assemble(
-            lambda st, region: _winner(
-                st, v, _region_of(best, axes, region), largest, none=floor is not None
-            )
-        )
-        return best, win
+        return _xla_select(stage, v, largest, floor)
 
     best, win = lax.platform_dependent(lax.stop_gradient(x), cpu=select, default=fallback)
     return _known_extreme(stage, x, best, win), win
