@@ -11,6 +11,9 @@
 //
 // gapjax_extreme / gapjax_extreme_index: x (..., R, Q) -> max (or min) over R, and the int32
 // position of the winner: the first maximum in order, or the first NaN (NaN propagates).
+// gapjax_window_select: the extreme of every window and its winning tap (max/min pooling).
+// gapjax_window_gather / gapjax_window_scatter (+ ...Win): window sums and their transposes, the
+// forward and backward passes of average pooling and the backward pass of max pooling.
 // Every leading axis is a batch axis (so vmap's "broadcast_all" works unchanged).
 
 #include <algorithm>
@@ -22,6 +25,12 @@
 #include <memory>
 #include <mutex>
 #include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -307,16 +316,14 @@ ffi::Error ExtremeIndexImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Window select: the extreme of every window and its winning tap (float32).
+// Windows (float32): the extreme of every window and its winning tap (max/min pooling), window
+// sums (average pooling, the tangent of max pooling) and their transposes (backward passes).
 // ---------------------------------------------------------------------------------------------
 
 // x (P, S, Q) with S = L_1 ... L_k the pooled axes (row-major), Q the contiguous rest. The
 // geometry attribute holds k, then L_a, O_a (outputs) and T_a (taps) per axis, then per axis
 // the (O_a, T_a) table of the input position each tap of each output reads (-1: padding or
-// past the window). Outputs (P, O_1 ... O_k, Q): the extreme, and the winning tap (row-major
-// over the taps) as int8 or int32: the first tap equal to the extreme, or the last NaN; for a
-// window without any tap inside x, -1 and the identity (-inf for max). With has_floor (Caffe's
-// -FLT_MAX start), an extreme beyond the floor becomes the floor, and its winner -1.
+// past the window). Taps are numbered row-major over the axes' taps.
 struct Geometry {
   int k = 0;
   int64_t L[3], O[3], T[3];
@@ -342,76 +349,375 @@ bool ParseGeometry(ffi::Span<const int64_t> g, Geometry& geo) {
   return at == static_cast<int64_t>(g.size());
 }
 
-template <bool kLargest, typename W>
-void SelectRow(const float* x, const Geometry& geo, int64_t o, int64_t Q, float identity,
-               bool has_floor, float floor, float* best, W* win) {
-  // Multi-index of output o, then the valid taps in row-major order.
-  int64_t oi[3] = {0, 0, 0};
-  for (int64_t a = geo.k - 1, r = o; a >= 0; --a) {
-    oi[a] = r % geo.O[a];
-    r /= geo.O[a];
+// The small setup loops over the pooled axes read index arrays just written by scalar stores;
+// vectorized, those reads stall on store-to-load forwarding (they cost more than the sums).
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
+#else
+#define NO_VECTORIZE
+#endif
+
+// One row of the reduction: a row of a (., Q) array at offset `off`, its tap number, and the
+// factor it is scaled by (scatter of a scaled sum).
+struct Term {
+  int64_t off;
+  int32_t tap;
+  float scale;
+};
+
+// The terms of the output with multi-index oi of a gather: the taps inside x in row-major
+// order, at offset pos * Q. Writes them to `terms` (room for geo.taps), returns their count.
+// (Fields are stored one by one: a Term built on the stack and copied whole stalls on
+// store-to-load forwarding.)
+NO_VECTORIZE int64_t GatherTerms(const Geometry& geo, const int64_t* oi, int64_t Q, Term* terms) {
+  static const int64_t kZero = 0;
+  const int64_t* src[3] = {&kZero, &kZero, &kZero};
+  int64_t T[3] = {1, 1, 1}, L[3] = {1, 1, 1};
+  for (int a = 0; a < geo.k; ++a) {
+    src[a] = geo.src[a] + oi[a] * geo.T[a];
+    T[a] = geo.T[a];
+    L[a] = geo.L[a];
   }
-  alignas(64) float m[kColumns];
-  alignas(64) int32_t t[kColumns];
-  for (int64_t q0 = 0; q0 < Q; q0 += kColumns) {
-    const int64_t w = std::min(kColumns, Q - q0);
-    const int64_t nv = w / kLanes;
-    bool started = false;
-    for (int64_t tap = 0; tap < geo.taps; ++tap) {
-      int64_t pos = 0;
-      bool valid = true;
-      for (int64_t a = 0, r = tap, div = geo.taps; a < geo.k; ++a) {
-        div /= geo.T[a];
-        const int64_t j = r / div;
-        r %= div;
-        const int64_t s = geo.src[a][oi[a] * geo.T[a] + j];
-        if (s < 0) {
-          valid = false;
-          break;
-        }
-        pos = pos * geo.L[a] + s;
+  int64_t n = 0;
+  int32_t tap = 0;
+  for (int64_t j0 = 0; j0 < T[0]; ++j0) {
+    for (int64_t j1 = 0; j1 < T[1]; ++j1) {
+      for (int64_t j2 = 0; j2 < T[2]; ++j2, ++tap) {
+        const int64_t s0 = src[0][j0], s1 = src[1][j1], s2 = src[2][j2];
+        if ((s0 | s1 | s2) < 0) continue;
+        terms[n].off = ((s0 * L[1] + s1) * L[2] + s2) * Q;
+        terms[n].tap = tap;
+        terms[n].scale = 1.0f;
+        ++n;
       }
-      if (!valid) continue;
-      const float* row = x + pos * Q + q0;
-      const int32_t tt = static_cast<int32_t>(tap);
-      if (!started) {
-        std::memcpy(m, row, w * sizeof(float));
-        for (int64_t j = 0; j < w; ++j) t[j] = tt;
-        started = true;
-        continue;
+    }
+  }
+  return n;
+}
+
+// For every input position u of every axis, the (output, tap) pairs that read it, ascending.
+struct Readers {
+  std::vector<int64_t> start[3];
+  std::vector<std::pair<int64_t, int64_t>> pairs[3];
+  int64_t most = 1;  // the most (output, tap) pairs that read one input cell
+  explicit Readers(const Geometry& geo) {
+    for (int a = 0; a < geo.k; ++a) {
+      std::vector<int64_t> at(geo.L[a] + 1, 0);
+      for (int64_t i = 0; i < geo.O[a] * geo.T[a]; ++i) {
+        if (geo.src[a][i] >= 0) ++at[geo.src[a][i] + 1];
       }
-      const VI tv = VI{} + tt;
-      for (int64_t u = 0; u < nv; ++u) {
-        VF v = VLoadRaw<VF>(row + u * kLanes);
-        VF mv = VLoadRaw<VF>(m + u * kLanes);
-        VI take = (kLargest ? (v > mv) : (v < mv)) | (v != v);  // first extreme, last NaN
-        VStore(m + u * kLanes, take ? v : mv);
-        VStore(t + u * kLanes, take ? tv : VLoadRaw<VI>(t + u * kLanes));
-      }
-      for (int64_t j = nv * kLanes; j < w; ++j) {
-        const float v = row[j];
-        if ((kLargest ? v > m[j] : v < m[j]) || v != v) {
-          m[j] = v;
-          t[j] = tt;
+      most *= *std::max_element(at.begin(), at.end());
+      for (int64_t u = 0; u < geo.L[a]; ++u) at[u + 1] += at[u];
+      start[a] = at;
+      pairs[a].resize(at[geo.L[a]]);
+      for (int64_t o = 0; o < geo.O[a]; ++o) {
+        for (int64_t j = 0; j < geo.T[a]; ++j) {
+          const int64_t s = geo.src[a][o * geo.T[a] + j];
+          if (s >= 0) pairs[a][at[s]++] = {o, j};
         }
       }
     }
-    for (int64_t j = 0; j < w; ++j) {
-      float v = started ? m[j] : identity;
-      int32_t k = started ? t[j] : -1;
-      if (has_floor && (kLargest ? v < floor : v > floor)) {
-        v = floor;
-        k = -1;
+  }
+};
+
+// The terms of the input cell with multi-index u of a scatter: every (output, tap) that reads
+// it, at offset o * Q, scaled by scale[o] where given. Writes them to `terms` (room for
+// rd.most), returns their count.
+NO_VECTORIZE int64_t ScatterTerms(const Geometry& geo, const Readers& rd, const int64_t* u, int64_t Q,
+                     const float* scale, Term* terms) {
+  static const std::pair<int64_t, int64_t> kUnit{0, 0};
+  const std::pair<int64_t, int64_t>* list[3] = {&kUnit, &kUnit, &kUnit};
+  int64_t n[3] = {1, 1, 1}, O[3] = {1, 1, 1}, T[3] = {1, 1, 1};
+  for (int a = 0; a < geo.k; ++a) {
+    list[a] = rd.pairs[a].data() + rd.start[a][u[a]];
+    n[a] = rd.start[a][u[a] + 1] - rd.start[a][u[a]];
+    O[a] = geo.O[a];
+    T[a] = geo.T[a];
+  }
+  int64_t count = 0;
+  for (int64_t i0 = 0; i0 < n[0]; ++i0) {
+    for (int64_t i1 = 0; i1 < n[1]; ++i1) {
+      for (int64_t i2 = 0; i2 < n[2]; ++i2) {
+        const auto &e0 = list[0][i0], &e1 = list[1][i1], &e2 = list[2][i2];
+        const int64_t o = (e0.first * O[1] + e1.first) * O[2] + e2.first;
+        terms[count].off = o * Q;
+        terms[count].tap = static_cast<int32_t>((e0.second * T[1] + e1.second) * T[2] + e2.second);
+        terms[count].scale = scale ? scale[o] : 1.0f;
+        ++count;
       }
-      best[q0 + j] = v;
-      win[q0 + j] = static_cast<W>(k);
+    }
+  }
+  return count;
+}
+
+// Rows [b, e) of a (P, R) grid whose R rows have the multi-index shape dims[0, k): f(i, p,
+// index) for each, the multi-index advanced like an odometer (no division per row).
+template <typename F>
+inline void ForRows(int64_t b, int64_t e, int64_t R, int k, const int64_t* dims, const F& f) {
+  int64_t p = b / R, r = b % R;
+  int64_t idx[3] = {0, 0, 0};
+  for (int a = k - 1; a >= 0; --a) {
+    idx[a] = r % dims[a];
+    r /= dims[a];
+  }
+  for (int64_t i = b; i < e; ++i) {
+    f(i, p, idx);
+    for (int a = k - 1; a >= 0; --a) {
+      if (++idx[a] < dims[a]) break;
+      idx[a] = 0;
+      if (a == 0) ++p;
     }
   }
 }
 
-ffi::Error SelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Result<ffi::Buffer<ffi::F32>> best,
-                      ffi::Result<ffi::AnyBuffer> win, ffi::Span<const int64_t> geometry,
-                      bool largest, bool has_floor, float floor) {
+// The terms of every row of a gather (rows: outputs) or scatter (rows: input cells), computed
+// once per call and shared by every slab p; `rows` of them, CSR. Left empty (each row then
+// computes its own) when the table would pass kMaxTableTerms.
+constexpr int64_t kMaxTableTerms = 1 << 20;
+
+struct TermTable {
+  std::vector<Term> terms;
+  std::vector<int64_t> start;
+  bool empty() const { return start.empty(); }
+  // Row r's terms and their count.
+  const Term* Row(int64_t r, int64_t* n) const {
+    *n = start[r + 1] - start[r];
+    return terms.data() + start[r];
+  }
+};
+
+template <typename Terms>
+TermTable MakeTable(int64_t rows, int k, const int64_t* dims, int64_t most, const Terms& fill) {
+  TermTable table;
+  if (rows * most > kMaxTableTerms) return table;
+  table.terms.resize(rows * most);
+  table.start.reserve(rows + 1);
+  table.start.push_back(0);
+  int64_t n = 0;
+  ForRows(0, rows, rows, k, dims, [&](int64_t, int64_t, const int64_t* at) {
+    n += fill(at, table.terms.data() + n);
+    table.start.push_back(n);
+  });
+  table.terms.resize(n);
+  return table;
+}
+
+// 16 winners as int32 lanes, from int8 or int32. (GCC's generic int8 -> int32 vector
+// conversion goes through scalar registers; the x86 sign-extending loads do it in one step.)
+template <typename W>
+inline VI LoadWin(const W* p) {
+  if constexpr (std::is_same_v<W, int8_t>) {
+#if defined(__AVX512F__)
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return reinterpret_cast<VI>(_mm512_cvtepi8_epi32(b));
+#elif defined(__AVX2__)
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m256i lo = _mm256_cvtepi8_epi32(b), hi = _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8));
+    VI v;
+    std::memcpy(&v, &lo, 32);
+    std::memcpy(reinterpret_cast<char*>(&v) + 32, &hi, 32);
+    return v;
+#else
+    typedef int8_t VB __attribute__((vector_size(16)));
+    return __builtin_convertvector(VLoadRaw<VB>(p), VI);
+#endif
+  } else {
+    return VLoadRaw<VI>(p);
+  }
+}
+
+// 16 int32 lanes stored as winners (int8: narrowed, the values fit).
+template <typename W>
+inline void StoreWin(W* p, VI v) {
+  if constexpr (std::is_same_v<W, int8_t>) {
+#if defined(__AVX512F__)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(reinterpret_cast<__m512i>(v)));
+#else
+    for (int l = 0; l < kLanes; ++l) p[l] = static_cast<int8_t>(v[l]);
+#endif
+  } else {
+    VStore(p, v);
+  }
+}
+
+// Columns are processed in blocks of up to kBlockVectors vectors whose accumulators stay in
+// registers across all the terms (accumulators in memory put a store-to-load forwarding delay
+// on every term, and per-term loop overhead dominated when blocks were narrow).
+#if defined(__AVX512F__)
+constexpr int kBlockVectors = 8;
+#else
+constexpr int kBlockVectors = 4;
+#endif
+
+// Sums of the terms over columns [0, NV kLanes) of a block: out = sum_t (win == tap_t ?
+// x[off_t] * scale_t : 0) (no winners: every term; kScale: the terms' own factors), times
+// `factor`. With kWinAtTerm the winners sit at each term's offset (scatter), else at `win`.
+template <int NV, typename W, bool kScale, bool kWinAtTerm>
+inline void SumBlock(const float* x, const W* win, const Term* terms, int64_t nterms, float factor,
+                     float* out) {
+  VF acc[NV];
+#pragma GCC unroll 8
+  for (int u = 0; u < NV; ++u) acc[u] = VF{};
+  for (int64_t t = 0; t < nterms; ++t) {
+    const Term& term = terms[t];
+    const float* row = x + term.off;
+    [[maybe_unused]] const VI tv = VI{} + term.tap;
+#pragma GCC unroll 8
+    for (int u = 0; u < NV; ++u) {
+      VF v = VLoadRaw<VF>(row + u * kLanes);
+      if constexpr (kScale) v = v * term.scale;
+      if constexpr (!std::is_void_v<W>) {
+        const W* wr = kWinAtTerm ? win + term.off : win;
+        v = LoadWin(wr + u * kLanes) == tv ? v : VF{};
+      }
+      acc[u] += v;
+    }
+  }
+#pragma GCC unroll 8
+  for (int u = 0; u < NV; ++u) VStore(out + u * kLanes, acc[u] * factor);
+}
+
+// One row of width Q of a gather or scatter: the register blocks, then the columns left over.
+template <typename W, bool kScale, bool kWinAtTerm>
+void SumRow(const float* x, const W* win, const Term* tp, int64_t nt, int64_t Q, float factor,
+            float* out) {
+  int64_t q0 = 0;
+  while (Q - q0 >= kLanes) {
+    const int nv = static_cast<int>(std::min<int64_t>(kBlockVectors, (Q - q0) / kLanes));
+    const float* xq = x + q0;
+    const W* wq = nullptr;
+    if constexpr (!std::is_void_v<W>) wq = win + q0;
+    switch (nv) {
+#define GAPJAX_BLOCK(N)                                                     \
+  case N:                                                                   \
+    if constexpr (N <= kBlockVectors) {                                     \
+      SumBlock<N, W, kScale, kWinAtTerm>(xq, wq, tp, nt, factor, out + q0); \
+    }                                                                       \
+    break;
+      GAPJAX_BLOCK(1)
+      GAPJAX_BLOCK(2)
+      GAPJAX_BLOCK(3)
+      GAPJAX_BLOCK(4)
+      GAPJAX_BLOCK(5)
+      GAPJAX_BLOCK(6)
+      GAPJAX_BLOCK(7)
+      GAPJAX_BLOCK(8)
+#undef GAPJAX_BLOCK
+    }
+    q0 += nv * kLanes;
+  }
+  for (int64_t j = q0; j < Q; ++j) {
+    float acc = 0.0f;
+    for (int64_t t = 0; t < nt; ++t) {
+      float v = x[tp[t].off + j];
+      if constexpr (kScale) v = v * tp[t].scale;
+      if constexpr (!std::is_void_v<W>) {
+        const W* wr = kWinAtTerm ? win + tp[t].off : win;
+        v = wr[j] == tp[t].tap ? v : 0.0f;
+      }
+      acc += v;
+    }
+    out[j] = acc * factor;
+  }
+}
+
+// The extreme of the terms over columns [0, NV kLanes) and its winning tap: the first tap equal
+// to the extreme (strictly better replaces), or the last NaN.
+template <int NV, bool kLargest, typename W>
+inline void SelectBlock(const float* x, const Term* terms, int64_t nterms, float identity,
+                        bool has_floor, float floor, float* best, W* win) {
+  VF m[NV];
+  VI k[NV];
+  const float* first = x + terms[0].off;
+#pragma GCC unroll 8
+  for (int u = 0; u < NV; ++u) {
+    m[u] = VLoadRaw<VF>(first + u * kLanes);
+    k[u] = VI{} + terms[0].tap;
+  }
+  for (int64_t t = 1; t < nterms; ++t) {
+    const float* row = x + terms[t].off;
+    const VI tv = VI{} + terms[t].tap;
+#pragma GCC unroll 8
+    for (int u = 0; u < NV; ++u) {
+      const VF v = VLoadRaw<VF>(row + u * kLanes);
+      const VI take = (kLargest ? (v > m[u]) : (v < m[u])) | (v != v);
+      m[u] = take ? v : m[u];
+      k[u] = take ? tv : k[u];
+    }
+  }
+#pragma GCC unroll 8
+  for (int u = 0; u < NV; ++u) {
+    if (has_floor) {
+      const VI beyond = kLargest ? (m[u] < floor) : (m[u] > floor);
+      m[u] = beyond ? VF{} + floor : m[u];
+      k[u] = beyond ? VI{} - 1 : k[u];
+    }
+    VStore(best + u * kLanes, m[u]);
+    StoreWin(win + u * kLanes, k[u]);
+  }
+}
+
+template <bool kLargest, typename W>
+void SelectRow(const float* x, const Term* tp, int64_t nt, int64_t Q, float identity,
+               bool has_floor, float floor, float* best, W* win) {
+  if (nt == 0) {  // no tap inside x: the identity, no winner (then Caffe's floor, if any)
+    for (int64_t j = 0; j < Q; ++j) {
+      const bool beyond = has_floor && (kLargest ? identity < floor : identity > floor);
+      best[j] = beyond ? floor : identity;
+      win[j] = static_cast<W>(-1);
+    }
+    return;
+  }
+  int64_t q0 = 0;
+  while (Q - q0 >= kLanes) {
+    const int nv = static_cast<int>(std::min<int64_t>(kBlockVectors, (Q - q0) / kLanes));
+    switch (nv) {
+#define GAPJAX_BLOCK(N)                                                                      \
+  case N:                                                                                    \
+    if constexpr (N <= kBlockVectors) {                                                      \
+      SelectBlock<N, kLargest, W>(x + q0, tp, nt, identity, has_floor, floor, best + q0,     \
+                                  win + q0);                                                 \
+    }                                                                                        \
+    break;
+      GAPJAX_BLOCK(1)
+      GAPJAX_BLOCK(2)
+      GAPJAX_BLOCK(3)
+      GAPJAX_BLOCK(4)
+      GAPJAX_BLOCK(5)
+      GAPJAX_BLOCK(6)
+      GAPJAX_BLOCK(7)
+      GAPJAX_BLOCK(8)
+#undef GAPJAX_BLOCK
+    }
+    q0 += nv * kLanes;
+  }
+  for (int64_t j = q0; j < Q; ++j) {
+    float m = x[tp[0].off + j];
+    int32_t k = tp[0].tap;
+    for (int64_t t = 1; t < nt; ++t) {
+      const float v = x[tp[t].off + j];
+      if ((kLargest ? v > m : v < m) || v != v) {
+        m = v;
+        k = tp[t].tap;
+      }
+    }
+    if (has_floor && (kLargest ? m < floor : m > floor)) {
+      m = floor;
+      k = -1;
+    }
+    best[j] = m;
+    win[j] = static_cast<W>(k);
+  }
+}
+
+// (P, S, Q) -> the extreme (P, O, Q) and the winning tap (int8 or int32): the first tap equal to
+// the extreme, or the last NaN; for a window without any tap inside x, -1 and the identity
+// (-inf for max). With has_floor (Caffe's -FLT_MAX start), an extreme beyond the floor becomes
+// the floor, and its winner -1.
+ffi::Error SelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                      ffi::Result<ffi::Buffer<ffi::F32>> best, ffi::Result<ffi::AnyBuffer> win,
+                      ffi::Span<const int64_t> geometry, bool largest, bool has_floor,
+                      float floor) {
   Geometry geo;
   if (!ParseGeometry(geometry, geo)) {
     return ffi::Error::InvalidArgument("gapjax_window_select: malformed geometry");
@@ -427,23 +733,116 @@ ffi::Error SelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Result
   const bool narrow = win->element_type() == ffi::DataType::S8;
   void* wp = win->untyped_data();
   const float identity = largest ? -INFINITY : INFINITY;
+  const TermTable table = MakeTable(geo.outs, geo.k, geo.O, geo.taps, [&](const int64_t* oi, Term* t) {
+    return GatherTerms(geo, oi, Q, t);
+  });
   ParallelFor(pool, P * geo.outs, P * S * Q, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t p = i / geo.outs, o = i % geo.outs;
+    std::vector<Term> terms(table.empty() ? geo.taps : 0);
+    ForRows(b, e, geo.outs, geo.k, geo.O, [&](int64_t i, int64_t p, const int64_t* oi) {
+      int64_t nt;
+      const Term* tp = table.empty() ? terms.data() : table.Row(i - p * geo.outs, &nt);
+      if (table.empty()) nt = GatherTerms(geo, oi, Q, terms.data());
       const float* xs = xp + p * S * Q;
       float* bo = bp + i * Q;
       if (narrow) {
         int8_t* wo = static_cast<int8_t*>(wp) + i * Q;
-        largest ? SelectRow<true>(xs, geo, o, Q, identity, has_floor, floor, bo, wo)
-                : SelectRow<false>(xs, geo, o, Q, identity, has_floor, floor, bo, wo);
+        largest ? SelectRow<true>(xs, tp, nt, Q, identity, has_floor, floor, bo, wo)
+                : SelectRow<false>(xs, tp, nt, Q, identity, has_floor, floor, bo, wo);
       } else {
         int32_t* wo = static_cast<int32_t*>(wp) + i * Q;
-        largest ? SelectRow<true>(xs, geo, o, Q, identity, has_floor, floor, bo, wo)
-                : SelectRow<false>(xs, geo, o, Q, identity, has_floor, floor, bo, wo);
+        largest ? SelectRow<true>(xs, tp, nt, Q, identity, has_floor, floor, bo, wo)
+                : SelectRow<false>(xs, tp, nt, Q, identity, has_floor, floor, bo, wo);
       }
-    }
+    });
   });
   return ffi::Error::Success();
+}
+
+// Gather: in (P, S, Q) -> out (P, O, Q), every window's sum of its taps in row-major tap order,
+// starting from 0 (the XLA formulation's order), only the tap win[o] with winners, times
+// scale[o] where given. Scatter, its transpose: in (P, O, Q) -> out (P, S, Q).
+template <bool kScatter, typename W>
+ffi::Error WindowLinear(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> in, const void* win,
+                        ffi::Result<ffi::Buffer<ffi::F32>> out,
+                        ffi::Span<const int64_t> geometry, ffi::Span<const float> scale) {
+  Geometry geo;
+  if (!ParseGeometry(geometry, geo)) {
+    return ffi::Error::InvalidArgument("gapjax_window: malformed geometry");
+  }
+  auto dims = in.dimensions();
+  if (dims.size() < 3) return ffi::Error::InvalidArgument("gapjax_window: rank < 3");
+  const int64_t n = dims.size(), Q = dims[n - 1], A = dims[n - 2];
+  const int64_t B = kScatter ? geo.size : geo.outs;
+  if (A != (kScatter ? geo.outs : geo.size)) {
+    return ffi::Error::InvalidArgument("gapjax_window: size mismatch");
+  }
+  const float* sc = nullptr;
+  if (scale.size() != 0) {
+    if (static_cast<int64_t>(scale.size()) != geo.outs) {
+      return ffi::Error::InvalidArgument("gapjax_window: scale size mismatch");
+    }
+    sc = scale.begin();
+  }
+  int64_t P = 1;
+  for (int64_t i = 0; i < n - 2; ++i) P *= dims[i];
+  const float* ip = in.typed_data();
+  float* op = out->typed_data();
+  const W* wp = static_cast<const W*>(win);
+  std::unique_ptr<Readers> rd;
+  if (kScatter) rd = std::make_unique<Readers>(geo);
+  const int64_t most = kScatter ? rd->most : geo.taps;
+  const int64_t* rowdims = kScatter ? geo.L : geo.O;
+  auto fill = [&](const int64_t* at, Term* t) {
+    return kScatter ? ScatterTerms(geo, *rd, at, Q, sc, t) : GatherTerms(geo, at, Q, t);
+  };
+  const TermTable table = MakeTable(B, geo.k, rowdims, most, fill);
+  ParallelFor(pool, P * B, P * (A + B) * Q, [&](int64_t b, int64_t e) {
+    std::vector<Term> terms(table.empty() ? most : 0);
+    ForRows(b, e, B, geo.k, rowdims, [&](int64_t i, int64_t p, const int64_t* at) {
+      const int64_t r = i - p * B;
+      int64_t nt;
+      const Term* tp = table.empty() ? terms.data() : table.Row(r, &nt);
+      if (table.empty()) nt = fill(at, terms.data());
+      const float* slab = ip + p * A * Q;
+      const W* wr = nullptr;
+      if constexpr (kScatter) {
+        if constexpr (!std::is_void_v<W>) wr = wp + p * A * Q;
+        if (sc) {
+          SumRow<W, true, true>(slab, wr, tp, nt, Q, 1.0f, op + i * Q);
+        } else {
+          SumRow<W, false, true>(slab, wr, tp, nt, Q, 1.0f, op + i * Q);
+        }
+      } else {
+        if constexpr (!std::is_void_v<W>) wr = wp + i * Q;
+        SumRow<W, false, false>(slab, wr, tp, nt, Q, sc ? sc[r] : 1.0f, op + i * Q);
+      }
+    });
+  });
+  return ffi::Error::Success();
+}
+
+template <bool kScatter>
+ffi::Error WindowLinearImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in,
+                            ffi::Result<ffi::Buffer<ffi::F32>> out,
+                            ffi::Span<const int64_t> geometry, ffi::Span<const float> scale) {
+  return WindowLinear<kScatter, void>(pool, in, nullptr, out, geometry, scale);
+}
+
+template <bool kScatter>
+ffi::Error WindowLinearWinImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::AnyBuffer win,
+                               ffi::Result<ffi::Buffer<ffi::F32>> out,
+                               ffi::Span<const int64_t> geometry) {
+  if (win.dimensions().size() != in.dimensions().size()) {
+    return ffi::Error::InvalidArgument("gapjax_window: winners of another rank");
+  }
+  ffi::Span<const float> none;
+  if (win.element_type() == ffi::DataType::S8) {
+    return WindowLinear<kScatter, int8_t>(pool, in, win.untyped_data(), out, geometry, none);
+  }
+  if (win.element_type() == ffi::DataType::S32) {
+    return WindowLinear<kScatter, int32_t>(pool, in, win.untyped_data(), out, geometry, none);
+  }
+  return ffi::Error::InvalidArgument("gapjax_window: winners must be int8 or int32");
 }
 
 }  // namespace
@@ -473,3 +872,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxWindowSelect, SelectImpl,
                                   .Attr<bool>("largest")
                                   .Attr<bool>("has_floor")
                                   .Attr<float>("floor"));
+
+#define GAPJAX_WINDOW_LINEAR(NAME, SCATTER)                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, WindowLinearImpl<SCATTER>,                     \
+                                ffi::Ffi::Bind()                                     \
+                                    .Ctx<ffi::ThreadPool>()                          \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                    \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                    \
+                                    .Attr<ffi::Span<const int64_t>>("geometry")      \
+                                    .Attr<ffi::Span<const float>>("scale"));         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME##Win, WindowLinearWinImpl<SCATTER>,             \
+                                ffi::Ffi::Bind()                                     \
+                                    .Ctx<ffi::ThreadPool>()                          \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                    \
+                                    .Arg<ffi::AnyBuffer>()                           \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                    \
+                                    .Attr<ffi::Span<const int64_t>>("geometry"));
+
+GAPJAX_WINDOW_LINEAR(GapjaxWindowGather, false)
+GAPJAX_WINDOW_LINEAR(GapjaxWindowScatter, true)

@@ -18,6 +18,8 @@ the kernels; GPU and TPU programs never see them.
 
 import contextlib
 import ctypes
+import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "disabled", "extreme", "window_select"]
+__all__ = ["WindowMap", "available", "disabled", "extreme", "window_map", "window_select"]
 
 _SOURCE = Path(__file__).with_name("_native.cc")
 _TARGETS = {
     "gapjax_extreme": "GapjaxExtreme",
     "gapjax_extreme_index": "GapjaxExtremeIndex",
     "gapjax_window_select": "GapjaxWindowSelect",
+    "gapjax_window_gather": "GapjaxWindowGather",
+    "gapjax_window_gather_win": "GapjaxWindowGatherWin",
+    "gapjax_window_scatter": "GapjaxWindowScatter",
+    "gapjax_window_scatter_win": "GapjaxWindowScatterWin",
 }
 # float dtypes the kernels take (others use the XLA formulations).
 DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
@@ -199,3 +206,120 @@ def window_select(
         floor=np.float32(0.0 if floor is None else floor),
     )
     return best, win
+
+
+# --------------------------------------------------------------------------------------------
+# Window sums and their transposes as JAX primitives.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WindowMap:
+    """The windows of one reduction stage, as the linear maps between its input and output.
+
+    ``gather``: (..., S, Q) -> (..., O, Q), every window's sum (only its winning tap, given the
+    winners), times ``scale`` per output; ``scatter``: its transpose, (..., O, Q) -> (..., S, Q).
+    ``geometry`` is ``window_select``'s; ``xla_gather`` and ``xla_scatter`` compute the same
+    maps with XLA ops (platforms other than CPU). Hashed by identity (a primitive parameter).
+    """
+
+    geometry: np.ndarray
+    size: int
+    outs: int
+    scale: np.ndarray | None
+    xla_gather: Callable
+    xla_scatter: Callable
+
+
+def _ffi_linear(v: jax.Array, win: tuple, m: WindowMap, *, scatter: bool) -> jax.Array:
+    rows = m.size if scatter else m.outs
+    name = "gapjax_window_" + ("scatter" if scatter else "gather") + ("_win" if win else "")
+    out = jax.ShapeDtypeStruct((*v.shape[:-2], rows, v.shape[-1]), v.dtype)
+    call = jax.ffi.ffi_call(name, out, vmap_method="broadcast_all")
+    geometry = np.ascontiguousarray(m.geometry, np.int64)
+    if win:
+        return call(v, *win, geometry=geometry)
+    scale = np.zeros(0, np.float32) if m.scale is None else m.scale
+    return call(v, geometry=geometry, scale=np.ascontiguousarray(scale, np.float32))
+
+
+def _xla_linear(v: jax.Array, win: tuple, m: WindowMap, *, scatter: bool) -> jax.Array:
+    return (m.xla_scatter if scatter else m.xla_gather)(v, win[0] if win else None)
+
+
+def _define_primitives():
+    """The gather and scatter primitives: linear in their first operand (the winners, if any,
+    are a constant second operand), each the other's transpose, batched by folding the batch
+    into the leading axes, lowered to the native kernels on CPU and to XLA ops elsewhere."""
+    from jax.extend.core import Primitive
+    from jax.interpreters import ad, batching, mlir
+
+    gather_p, scatter_p = Primitive("gapjax_window_gather"), Primitive("gapjax_window_scatter")
+    pairs = ((gather_p, scatter_p, False), (scatter_p, gather_p, True))
+    for prim, other, scatter in pairs:
+
+        def abstract(v, *win, wmap, scatter=scatter):
+            rows = wmap.size if scatter else wmap.outs
+            return v.update(shape=(*v.shape[:-2], rows, v.shape[-1]))
+
+        def jvp(primals, tangents, *, wmap, prim=prim):
+            out = prim.bind(*primals, wmap=wmap)
+            return out, prim.bind(ad.instantiate_zeros(tangents[0]), *primals[1:], wmap=wmap)
+
+        def transpose(ct, v, *win, wmap, other=other):
+            if type(ct) is ad.Zero:
+                return (ad.Zero(v.aval), *([None] * len(win)))
+            return (other.bind(ct, *win, wmap=wmap), *([None] * len(win)))
+
+        def batch(args, dims, *, wmap, prim=prim):
+            size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+            moved = [
+                jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+                for a, d in zip(args, dims, strict=True)
+            ]
+            return prim.bind(*moved, wmap=wmap), 0
+
+        def impl(*args, wmap, prim=prim):
+            return _jit_bind(prim, wmap)(*args)
+
+        prim.def_impl(impl)
+        prim.def_abstract_eval(abstract)
+        ad.primitive_jvps[prim] = jvp
+        ad.primitive_transposes[prim] = transpose
+        batching.primitive_batchers[prim] = batch
+        for lower, target in ((_xla_linear, None), (_ffi_linear, "cpu")):
+            rule = functools.partial(lower, scatter=scatter)
+            mlir.register_lowering(
+                prim,
+                mlir.lower_fun(lambda v, *win, wmap, rule=rule: rule(v, win, wmap), False),
+                platform=target,
+            )
+    return gather_p, scatter_p
+
+
+@functools.lru_cache(maxsize=256)
+def _jit_bind(prim, m: WindowMap):
+    return jax.jit(lambda *args: prim.bind(*args, wmap=m))
+
+
+try:
+    _PRIMITIVES = _define_primitives()
+except (ImportError, AttributeError, TypeError):  # a JAX without these internals
+    _PRIMITIVES = None
+
+
+def window_map(
+    v: jax.Array, win: jax.Array | None, m: WindowMap, *, scatter: bool = False
+) -> jax.Array:
+    """``m``'s gather (or with ``scatter``, its transpose) of v (..., A, Q) float32, restricted
+    to each window's winning tap where ``win`` (int8/int32, shaped like the gather's output) is
+    given. Differentiable (the maps are linear in v), batched by vmap, every order."""
+    gather_p, scatter_p = _PRIMITIVES
+    prim = scatter_p if scatter else gather_p
+    return prim.bind(v, *(() if win is None else (win,)), wmap=m)
+
+
+def linear_available() -> bool:
+    """Whether ``window_map`` may be used (``available()``, and this JAX has the primitive
+    machinery it needs)."""
+    return _PRIMITIVES is not None and available()

@@ -473,13 +473,24 @@ def stages(axes: Sequence[int], windows: Sequence[AxisWindows]) -> list[Stage]:
     return [Stage((a,), (w,)) for a, w in reversed(list(zip(axes, windows, strict=True)))]
 
 
-def window_sum(x: jax.Array, plan: list[Stage]) -> jax.Array:
-    """Sum over every window (padding reads 0), stage by stage.
+def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
+    """Sum over every window (padding reads 0), stage by stage, times ``scale`` (a constant
+    broadcasting against the output, e.g. the reciprocal divisors of average pooling).
 
-    The value is assembled region by region (``Stage.assemble``); the tangent is
+    On CPU, float32 channels last, each stage is one native pass (``_native.window_map``, its
+    transpose the backward pass; a single stage applies ``scale`` in the same pass). Otherwise
+    the value is assembled region by region (``Stage.assemble``); the tangent is
     ``_linear_taps``, whose transpose (the backward pass) is ``_scatter_back``. Transposing the
     assembled form instead would add one full-size padded array per tap and region.
     """
+    if _native_plan_ok(plan, x):
+        v = x
+        for stage in plan:
+            inner = scale if len(plan) == 1 else None
+            v = _native_linear(stage, v, scale=inner)
+        if scale is not None and len(plan) > 1:
+            v = v * jnp.asarray(scale, v.dtype)
+        return v
 
     @jax.custom_jvp
     def total(v):
@@ -494,7 +505,18 @@ def window_sum(x: jax.Array, plan: list[Stage]) -> jax.Array:
             t = _linear_taps(stage, t, None)
         return total(primals[0]), t
 
-    return total(x)
+    out = total(x)
+    return out if scale is None else out * jnp.asarray(scale, out.dtype)
+
+
+def _native_plan_ok(plan: list[Stage], x: jax.Array) -> bool:
+    """Whether every stage of a window sum runs natively (the shape after each stage decides)."""
+    shape = x.shape
+    for stage in plan:
+        if not _native_ok(stage, jax.ShapeDtypeStruct(shape, x.dtype), linear=True):
+            return False
+        shape = stage.out_shape(shape)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +559,7 @@ def _select(
     itself stays one fast reduction. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
     clamped to it and a window whose taps all lie beyond it has no winner (-1: no gradient).
     """
-    if _native_select_ok(stage, x):
+    if _native_ok(stage, x):
         best, win = _native_select(stage, x, largest, floor)
     else:
         best, win = _xla_select(stage, x, largest, floor)
@@ -558,34 +580,45 @@ def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
     return best, _written_out(winner, x)
 
 
-def _native_select_ok(stage: Stage, x: jax.Array) -> bool:
-    """Whether the stage's select runs as one native pass (``_native.window_select``): float32
-    on CPU, the stage's axes adjacent in x, and at least 16 contiguous values behind them (the
-    kernel vectorizes over those: channels last)."""
+def _native_ok(stage: Stage, x: Any, linear: bool = False) -> bool:
+    """Whether the stage runs as native passes (``_native.window_select``, and with ``linear``
+    ``_native.window_map``): float32 on CPU, the stage's axes adjacent in x, and at least 16
+    contiguous values behind them (the kernels vectorize over those: channels last)."""
     axes = stage.axes
-    if x.dtype != jnp.float32 or x.size == 0 or len(axes) > 3:
+    if x.dtype != jnp.float32 or math.prod(x.shape) == 0 or len(axes) > 3:
         return False
     if list(axes) != list(range(axes[0], axes[0] + len(axes))):
         return False
-    return math.prod(x.shape[axes[-1] + 1 :]) >= 16 and _native.available()
+    if math.prod(x.shape[axes[-1] + 1 :]) < 16:
+        return False
+    return _native.linear_available() if linear else _native.available()
+
+
+def _geometry(stage: Stage) -> np.ndarray:
+    """The stage's windows as the native kernels take them (see ``_native.window_select``)."""
+    windows = stage.windows
+    geometry = [len(windows)]
+    geometry += [w.length for w in windows] + [w.out for w in windows] + [w.taps for w in windows]
+    for w in windows:
+        geometry += np.stack([w.src(j) for j in range(w.taps)], axis=1).reshape(-1).tolist()
+    return np.asarray(geometry, np.int64)
+
+
+def _split(stage: Stage, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(P, Q): the sizes before and behind the stage's (adjacent) axes."""
+    return math.prod(shape[: stage.axes[0]]), math.prod(shape[stage.axes[-1] + 1 :])
 
 
 def _native_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
     """``_select``'s (extreme, winner) in one native pass over x (see ``_native.window_select``)."""
-    axes, windows = stage.axes, stage.windows
-    lo, hi = axes[0], axes[-1] + 1
-    P, Q = math.prod(x.shape[:lo]), math.prod(x.shape[hi:])
-    geometry = [len(axes)]
-    geometry += [w.length for w in windows] + [w.out for w in windows] + [w.taps for w in windows]
-    for w in windows:
-        geometry += np.stack([w.src(j) for j in range(w.taps)], axis=1).reshape(-1).tolist()
+    P, Q = _split(stage, x.shape)
     idx_dtype = jnp.int8 if len(stage.combos) < 127 else jnp.int32
 
     def select(v):
         best, win = _native.window_select(
             v.reshape(P, -1, Q),
-            np.asarray(geometry, np.int64),
-            tuple(w.out for w in windows),
+            _geometry(stage),
+            tuple(w.out for w in stage.windows),
             largest=largest,
             floor=floor,
             win_dtype=idx_dtype,
@@ -600,6 +633,60 @@ def _native_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
     return _known_extreme(stage, x, best, win), win
 
 
+def _window_map(stage: Stage, scale: Any) -> "_native.WindowMap":
+    """The stage's windows as ``_native.window_map`` takes them, with ``scale`` (broadcasting
+    against the stage output) flattened over the outputs, and the XLA formulations of the maps
+    on (..., S, Q) arrays for platforms other than CPU."""
+    k = len(stage.axes)
+    lengths = tuple(w.length for w in stage.windows)
+    outs = tuple(w.out for w in stage.windows)
+    flat_scale = None
+    if scale is not None:
+        scale = np.asarray(scale, np.float64)
+        scale = (
+            scale.reshape(scale.shape[stage.axes[0] : stage.axes[-1] + 1]) if scale.ndim else scale
+        )
+        flat_scale = np.broadcast_to(scale, outs).astype(np.float32).reshape(-1)
+    flat = Stage(tuple(range(1, k + 1)), stage.windows)
+
+    def xla_gather(t, win):
+        lead, Q = t.shape[:-2], t.shape[-1]
+        tt = t.reshape(-1, *lengths, Q)
+        ww = None if win is None else win.reshape(-1, *outs, Q)
+        out = _linear_taps(flat, tt, ww)
+        if flat_scale is not None:
+            out = out * jnp.asarray(flat_scale.reshape(1, *outs, 1))
+        return out.reshape(*lead, -1, Q)
+
+    def xla_scatter(g, win):
+        spec = jax.ShapeDtypeStruct((*g.shape[:-2], math.prod(lengths), g.shape[-1]), g.dtype)
+        (dx,) = jax.linear_transpose(lambda t: xla_gather(t, win), spec)(g)
+        return dx
+
+    return _native.WindowMap(
+        _geometry(stage), math.prod(lengths), math.prod(outs), flat_scale, xla_gather, xla_scatter
+    )
+
+
+def _native_linear(
+    stage: Stage, t: jax.Array, win: jax.Array | None = None, scale: Any = None
+) -> jax.Array:
+    """The window sums of ``t`` over the stage (only the winning taps, given ``win``), times
+    ``scale``, by ``_native.window_map``; differentiable, its transpose a native pass too."""
+    P, Q = _split(stage, t.shape)
+    out_shape = stage.out_shape(t.shape)
+    w = None if win is None else win.reshape(P, -1, Q)
+    out = _native.window_map(t.reshape(P, -1, Q), w, _window_map(stage, scale))
+    return out.reshape(out_shape)
+
+
+def _winner_tangent(stage: Stage, t: jax.Array, win: jax.Array) -> jax.Array:
+    """The tangent of a window extreme: the tangent of each window's winning tap."""
+    if _native_ok(stage, t, linear=True):
+        return _native_linear(stage, t, win)
+    return _linear_taps(stage, t, win)
+
+
 def _known_extreme(stage: Stage, x: jax.Array, best: jax.Array, win: jax.Array) -> jax.Array:
     """``best``, known to be x's extreme over each window with winner ``win``: its tangent is the
     winner's tangent, to every order (the native call itself is not differentiable)."""
@@ -611,7 +698,7 @@ def _known_extreme(stage: Stage, x: jax.Array, best: jax.Array, win: jax.Array) 
     @known.defjvp
     def known_jvp(primals, tangents):
         x, best, win = primals
-        return known(x, best, win), _linear_taps(stage, tangents[0], win)
+        return known(x, best, win), _winner_tangent(stage, tangents[0], win)
 
     return known(x, best, win)
 
@@ -802,8 +889,9 @@ def window_extreme(
 def _differentiable_extreme(stage: Stage, largest: bool, floor: Any = None):
     """The stage's extreme with PyTorch's gradient: the tangent is the winner's tangent.
 
-    A custom JVP whose tangent (``_linear_taps``) is linear, so reverse mode transposes it into
-    "send the cotangent to the winning tap"; forward mode and every order work too. The winner
+    A custom JVP whose tangent (``_winner_tangent``) is linear, so reverse mode transposes it
+    into "send the cotangent to the winning tap" (one native pass on CPU for float32 channels
+    last, else ``_scatter_back``); forward mode and every order work too. The winner
     (an int8 per output) is computed only when differentiating.
     """
 
@@ -815,7 +903,7 @@ def _differentiable_extreme(stage: Stage, largest: bool, floor: Any = None):
     def extreme_jvp(primals, tangents):
         (x,), (t,) = primals, tangents
         best, win, _ = _select(stage, x, largest, floor=floor)
-        return best, _linear_taps(stage, t, win)
+        return best, _winner_tangent(stage, t, win)
 
     return extreme
 

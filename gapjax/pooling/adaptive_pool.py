@@ -10,7 +10,6 @@ jit. (Flax has no adaptive pooling; Equinox's windows do not overlap and differ 
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, Shaped
 
 from gapjax.pooling._common import accum_dtype, as_array, check_bool, float_dtype, pooling_function
@@ -82,9 +81,9 @@ def adaptive_avg_pool(
     """
     x, axes, windows = _setup("adaptive_avg_pool", x, output_size, data_format)
     acc = accum_dtype(x.dtype)
-    total = window_sum(x.astype(acc), stages(axes, windows))
     divisor = grid_product(axes, [w.size for w in windows], x.ndim)
-    return (total * jnp.asarray(1.0 / divisor, acc)).astype(float_dtype(x.dtype))
+    out = window_sum(x.astype(acc), stages(axes, windows), scale=1.0 / divisor)
+    return out.astype(float_dtype(x.dtype))
 
 
 @pooling_function(

@@ -217,16 +217,16 @@ def avg_pool(
     if count_include_pad is None:
         count_include_pad = not isinstance(padding, str)
     acc = accum_dtype(x.dtype)
-    total = window_sum(x.astype(acc), stages(axes, windows))
+    plan = stages(axes, windows)
     if divisor_override is not None:
-        out = total / divisor_override
+        out = window_sum(x.astype(acc), plan) / divisor_override
     else:
         counts = [w.inside if count_include_pad else w.valid_counts() for w in windows]
         divisor = grid_product(axes, counts, x.ndim)
         if (divisor > 0).all():
-            out = total * jnp.asarray(1.0 / divisor, acc)
+            out = window_sum(x.astype(acc), plan, scale=1.0 / divisor)
         else:
-            out = safe_divide(total, jnp.asarray(divisor, acc))
+            out = safe_divide(window_sum(x.astype(acc), plan), jnp.asarray(divisor, acc))
     return out.astype(float_dtype(x.dtype))
 
 
