@@ -544,10 +544,12 @@ inline void StoreWin(W* p, VI v) {
 // registers across all the terms (accumulators in memory put a store-to-load forwarding delay
 // on every term, and per-term loop overhead dominated when blocks were narrow).
 #if defined(__AVX512F__)
-constexpr int kBlockVectors = 8;
+constexpr int kBlockVectors = 16;
 #else
 constexpr int kBlockVectors = 4;
 #endif
+// A select keeps two registers per vector (the extreme and its tap).
+constexpr int kSelectVectors = kBlockVectors / 2;
 
 // Sums of the terms over columns [0, NV kLanes) of a block: out = sum_t (win == tap_t ?
 // x[off_t] * scale_t : 0) (no winners: every term; kScale: the terms' own factors), times
@@ -556,13 +558,13 @@ template <int NV, typename W, bool kScale, bool kWinAtTerm>
 inline void SumBlock(const float* x, const W* win, const Term* terms, int64_t nterms, float factor,
                      float* out) {
   VF acc[NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int u = 0; u < NV; ++u) acc[u] = VF{};
   for (int64_t t = 0; t < nterms; ++t) {
     const Term& term = terms[t];
     const float* row = x + term.off;
     [[maybe_unused]] const VI tv = VI{} + term.tap;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int u = 0; u < NV; ++u) {
       VF v = VLoadRaw<VF>(row + u * kLanes);
       if constexpr (kScale) v = v * term.scale;
@@ -573,7 +575,7 @@ inline void SumBlock(const float* x, const W* win, const Term* terms, int64_t nt
       acc[u] += v;
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int u = 0; u < NV; ++u) VStore(out + u * kLanes, acc[u] * factor);
 }
 
@@ -602,6 +604,14 @@ void SumRow(const float* x, const W* win, const Term* tp, int64_t nt, int64_t Q,
       GAPJAX_BLOCK(6)
       GAPJAX_BLOCK(7)
       GAPJAX_BLOCK(8)
+      GAPJAX_BLOCK(9)
+      GAPJAX_BLOCK(10)
+      GAPJAX_BLOCK(11)
+      GAPJAX_BLOCK(12)
+      GAPJAX_BLOCK(13)
+      GAPJAX_BLOCK(14)
+      GAPJAX_BLOCK(15)
+      GAPJAX_BLOCK(16)
 #undef GAPJAX_BLOCK
     }
     q0 += nv * kLanes;
@@ -629,7 +639,7 @@ inline void SelectBlock(const float* x, const Term* terms, int64_t nterms, float
   VF m[NV];
   VI k[NV];
   const float* first = x + terms[0].off;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int u = 0; u < NV; ++u) {
     m[u] = VLoadRaw<VF>(first + u * kLanes);
     k[u] = VI{} + terms[0].tap;
@@ -637,7 +647,7 @@ inline void SelectBlock(const float* x, const Term* terms, int64_t nterms, float
   for (int64_t t = 1; t < nterms; ++t) {
     const float* row = x + terms[t].off;
     const VI tv = VI{} + terms[t].tap;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int u = 0; u < NV; ++u) {
       const VF v = VLoadRaw<VF>(row + u * kLanes);
       const VI take = (kLargest ? (v > m[u]) : (v < m[u])) | (v != v);
@@ -645,7 +655,7 @@ inline void SelectBlock(const float* x, const Term* terms, int64_t nterms, float
       k[u] = take ? tv : k[u];
     }
   }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int u = 0; u < NV; ++u) {
     if (has_floor) {
       const VI beyond = kLargest ? (m[u] < floor) : (m[u] > floor);
@@ -670,11 +680,11 @@ void SelectRow(const float* x, const Term* tp, int64_t nt, int64_t Q, float iden
   }
   int64_t q0 = 0;
   while (Q - q0 >= kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kBlockVectors, (Q - q0) / kLanes));
+    const int nv = static_cast<int>(std::min<int64_t>(kSelectVectors, (Q - q0) / kLanes));
     switch (nv) {
 #define GAPJAX_BLOCK(N)                                                                      \
   case N:                                                                                    \
-    if constexpr (N <= kBlockVectors) {                                                      \
+    if constexpr (N <= kSelectVectors) {                                                      \
       SelectBlock<N, kLargest, W>(x + q0, tp, nt, identity, has_floor, floor, best + q0,     \
                                   win + q0);                                                 \
     }                                                                                        \
@@ -687,6 +697,14 @@ void SelectRow(const float* x, const Term* tp, int64_t nt, int64_t Q, float iden
       GAPJAX_BLOCK(6)
       GAPJAX_BLOCK(7)
       GAPJAX_BLOCK(8)
+      GAPJAX_BLOCK(9)
+      GAPJAX_BLOCK(10)
+      GAPJAX_BLOCK(11)
+      GAPJAX_BLOCK(12)
+      GAPJAX_BLOCK(13)
+      GAPJAX_BLOCK(14)
+      GAPJAX_BLOCK(15)
+      GAPJAX_BLOCK(16)
 #undef GAPJAX_BLOCK
     }
     q0 += nv * kLanes;

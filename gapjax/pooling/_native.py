@@ -10,7 +10,8 @@ the contiguous axis, on XLA's own intra-op thread pool, and are called as XLA cu
 The source is compiled the first time a CPU computation needs it, with the system C++ compiler
 (``$CXX``, else ``c++``; ``-O3 -march=native``) against the FFI headers that jaxlib ships, and the
 library is cached under ``$GAPJAX_CACHE_DIR`` (default ``~/.cache/gapjax``), keyed by the
-source, jaxlib's version, the compiler and the CPU's features. Without a compiler, or with
+source, jaxlib's version, the compiler, its flags (``$GAPJAX_NATIVE_CXXFLAGS`` adds some, e.g.
+``-march=x86-64-v3``) and the CPU's features. Without a compiler, or with
 ``GAPJAX_NATIVE=0`` in the environment, gapjax warns once (not for ``GAPJAX_NATIVE=0``) and uses
 its pure-XLA formulations, which give identical results. Only the default backend ``cpu`` uses
 the kernels; GPU and TPU programs never see them.
@@ -24,6 +25,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,7 @@ def _build(cache: Path) -> Path:
     flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
     if sys.platform == "darwin":
         flags += ["-undefined", "dynamic_lookup"]
+    flags += shlex.split(os.environ.get("GAPJAX_NATIVE_CXXFLAGS", ""))  # e.g. -march=x86-64-v3
     include = jax.ffi.include_dir()
     key = hashlib.sha256()
     for part in (_SOURCE.read_bytes(), jaxlib.__version__, cxx, " ".join(flags), _cpu_features()):
@@ -122,7 +125,7 @@ def _load() -> bool:
     except Exception as err:  # no compiler, no headers, a read-only cache: fall back, once.
         warnings.warn(
             f"gapjax: native CPU kernels unavailable ({err}); using the XLA formulations "
-            "(same results, slower max pooling). Set GAPJAX_NATIVE=0 to silence this.",
+            "(same results, slower max and average pooling). Set GAPJAX_NATIVE=0 to silence this.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -483,6 +483,9 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
     ``_linear_taps``, whose transpose (the backward pass) is ``_scatter_back``. Transposing the
     assembled form instead would add one full-size padded array per tap and region.
     """
+    merged = _merged(plan)
+    if merged is not None and _native_plan_ok(merged, x):
+        plan = merged
     if _native_plan_ok(plan, x):
         v = x
         for stage in plan:
@@ -507,6 +510,22 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
 
     out = total(x)
     return out if scale is None else out * jnp.asarray(scale, out.dtype)
+
+
+# A native pass reads every cell of a window directly up to this many cells (the tap engine
+# splits windows of more than _DIRECT_MAX_TAPS axis by axis, which costs a pass per axis).
+_NATIVE_MAX_TAPS = 256
+
+
+def _merged(plan: list[Stage]) -> list[Stage] | None:
+    """The stages of a plan as one stage over all their axes, if it has at most
+    ``_NATIVE_MAX_TAPS`` taps (None otherwise, or when it is one stage already)."""
+    if len(plan) == 1:
+        return None
+    pairs = sorted((a, w) for st in plan for a, w in zip(st.axes, st.windows, strict=True))
+    if math.prod(w.taps for _, w in pairs) > _NATIVE_MAX_TAPS:
+        return None
+    return [Stage(tuple(a for a, _ in pairs), tuple(w for _, w in pairs))]
 
 
 def _native_plan_ok(plan: list[Stage], x: jax.Array) -> bool:

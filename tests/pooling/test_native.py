@@ -8,6 +8,7 @@ zeros, infinities and NaN. The public functions must give the same values and gr
 the kernels and with the pure-XLA formulations (``_native.disabled()``).
 """
 
+import math
 import warnings
 
 import jax
@@ -172,7 +173,8 @@ def test_the_cache_is_reused(tmp_path, monkeypatch):
 
 
 # Windowed max/min: the native select (float32, >= 16 contiguous values behind the pooled axes)
-# must give the XLA engine's values, winners, indices and gradients exactly.
+# must give the XLA engine's values, winners, indices and forward-mode tangents exactly, and its
+# gradients up to the order of summation.
 WINDOW_CASES = [  # (function, shape (channels last unless said), kwargs)
     (gapjax.max_pool, (2, 9, 11, 37), {"kernel_size": 3, "stride": 2}),
     (gapjax.max_pool, (2, 9, 11, 16), {"kernel_size": 3, "stride": 2, "convention": "caffe"}),
@@ -222,4 +224,206 @@ def test_window_select_agrees_with_the_xla_engine(fn, shape, kwargs):
     with _native.disabled():
         xla = jax.jit(run)(x, clean)
     for key in native:
-        np.testing.assert_array_equal(native[key], xla[key], err_msg=key)
+        if key == "grad":  # a cell that wins several windows sums their cotangents in any order
+            np.testing.assert_allclose(native[key], xla[key], rtol=1e-6, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(native[key], xla[key], err_msg=key)
+
+
+# Window sums and their transposes (``_native.window_map``): the kernels against a NumPy
+# reference built from the window definitions alone.
+
+
+def _axis_table(length, out, base, size, dilation):
+    """(out, taps) input positions read by each tap of each output, -1 outside x or the window."""
+    taps = int(max(size))
+    pos = np.asarray(base)[:, None] + dilation * np.arange(taps)[None, :]
+    ok = (np.arange(taps)[None, :] < np.asarray(size)[:, None]) & (pos >= 0) & (pos < length)
+    return np.where(ok, pos, -1)
+
+
+def _geometry(tables, lengths):
+    k = len(tables)
+    head = [k, *lengths, *[t.shape[0] for t in tables], *[t.shape[1] for t in tables]]
+    return np.concatenate([np.asarray(head, np.int64)] + [t.reshape(-1) for t in tables])
+
+
+def _reference_pairs(tables, lengths):
+    """Every (flat output, flat tap, flat input position) of the windows, row-major."""
+    grids = [range(t.shape[0]) for t in tables]
+    tap_grids = [range(t.shape[1]) for t in tables]
+    pairs = []
+    for o, oi in enumerate(np.ndindex(*[len(g) for g in grids])):
+        for tap, ti in enumerate(np.ndindex(*[len(g) for g in tap_grids])):
+            src = [t[a, j] for t, a, j in zip(tables, oi, ti, strict=True)]
+            if min(src) >= 0:
+                pairs.append((o, tap, int(np.ravel_multi_index(src, lengths))))
+    return pairs
+
+
+def _unusable(*_):
+    raise AssertionError("the XLA formulation is for other platforms")
+
+
+# (lengths, per axis (out, base, size, dilation)), Q
+LINEAR_CASES = [
+    ((11,), [(5, np.arange(5) * 2 - 1, [3] * 5, 1)], 37),  # padded, a vector tail
+    ((9, 10), [(4, np.arange(4) * 2, [3] * 4, 1), (5, np.arange(5) * 2 - 1, [3] * 5, 1)], 16),
+    ((8, 8), [(8, np.arange(8) - 1, [3] * 8, 1), (8, np.arange(8) - 1, [3] * 8, 1)], 200),
+    ((10, 7), [(4, np.arange(4) * 3 - 2, [2] * 4, 2), (3, [0, 2, 4], [3, 3, 3], 1)], 5),
+    ((7, 5), [(3, [0, 2, 4], [3, 3, 3], 1), (2, [0, 2], [3, 3], 1)], 20),  # adaptive, overlapping
+    (
+        (4, 5, 6),
+        [(3, [-1, 1, 3], [2] * 3, 1), (5, np.arange(5) - 1, [3] * 5, 1), (2, [0, 3], [3, 3], 1)],
+        17,
+    ),  # 3-D
+    ((40, 40, 40), [(40, np.arange(40) - 1, [3] * 40, 1)] * 3, 16),  # > 2^20 terms: no table
+]
+
+
+@pytest.mark.parametrize("lengths,axes,Q", LINEAR_CASES, ids=lambda c: str(c)[:12])
+def test_window_map_against_numpy(lengths, axes, Q):
+    rng = np.random.default_rng(len(lengths) + Q)
+    tables = [_axis_table(n, *a) for n, a in zip(lengths, axes, strict=True)]
+    S, O = math.prod(lengths), math.prod(t.shape[0] for t in tables)
+    taps = math.prod(t.shape[1] for t in tables)
+    pairs = _reference_pairs(tables, lengths)
+    P = 2 if S * Q < 1e6 else 1
+    x = rng.standard_normal((P, S, Q)).astype(np.float32)
+    g = rng.standard_normal((P, O, Q)).astype(np.float32)
+    win = rng.integers(-1, taps, (P, O, Q))
+    scale = rng.random(O).astype(np.float32) + 0.5
+    geometry = _geometry(tables, lengths)
+
+    def wmap(scale):
+        return _native.WindowMap(geometry, S, O, scale, _unusable, _unusable)
+
+    # Reference: the window sums in row-major tap order from 0, in float32 (the kernel's order).
+    sums = np.zeros((P, O, Q), np.float32)
+    picks = np.zeros((P, O, Q), np.float32)
+    back = np.zeros((P, S, Q), np.float64)
+    back_win = np.zeros((P, S, Q), np.float64)
+    for o, tap, s in pairs:
+        sums[:, o] += x[:, s]
+        picks[:, o] += np.where(win[:, o] == tap, x[:, s], np.float32(0))
+        back[:, s] += g[:, o].astype(np.float64) * scale[o]
+        back_win[:, s] += np.where(win[:, o] == tap, g[:, o], 0)
+
+    run = jax.jit(
+        lambda v, w, m, scatter: _native.window_map(v, w, m, scatter=scatter), static_argnums=(2, 3)
+    )
+    np.testing.assert_array_equal(run(x, None, wmap(None), False), sums)
+    np.testing.assert_array_equal(run(x, None, wmap(scale), False), sums * scale[:, None])
+    np.testing.assert_allclose(run(g, None, wmap(scale), True), back, rtol=1e-5, atol=1e-5)
+    for dtype in (np.int8, np.int32):
+        w = jnp.asarray(win, dtype)
+        np.testing.assert_array_equal(run(x, w, wmap(None), False), picks)
+        np.testing.assert_allclose(run(g, w, wmap(None), True), back_win, rtol=1e-5, atol=1e-5)
+
+
+def test_window_map_transposes_vmaps_and_differentiates():
+    lengths, axes = (
+        (9, 10),
+        [(4, np.arange(4) * 2, [3] * 4, 1), (5, np.arange(5) * 2 - 1, [3] * 5, 1)],
+    )
+    tables = [_axis_table(n, *a) for n, a in zip(lengths, axes, strict=True)]
+    m = _native.WindowMap(_geometry(tables, lengths), 90, 20, None, _unusable, _unusable)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((3, 90, 32)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((3, 20, 32)), jnp.float32)
+    win = jnp.asarray(rng.integers(0, 9, (3, 20, 32)), jnp.int8)
+    for w in (None, win):
+        gather = lambda v, w=w: _native.window_map(v, w, m)  # noqa: E731
+        scatter = lambda v, w=w: _native.window_map(v, w, m, scatter=True)  # noqa: E731
+        # <gather(x), g> == <x, scatter(g)>: each is the other's transpose.
+        np.testing.assert_allclose(jnp.vdot(gather(x), g), jnp.vdot(x, scatter(g)), rtol=1e-5)
+        # Reverse mode is the scatter, forward mode the gather itself (linear maps).
+        np.testing.assert_allclose(jax.vjp(gather, x)[1](g)[0], scatter(g), rtol=1e-6)
+        np.testing.assert_allclose(jax.vjp(scatter, g)[1](x)[0], gather(x), rtol=1e-6)
+        np.testing.assert_array_equal(jax.jvp(gather, (x,), (2 * x,))[1], gather(2 * x))
+        # vmap: over both operands, and over the cotangent alone (the winners broadcast).
+        np.testing.assert_array_equal(jax.vmap(gather)(x[:, None])[:, 0], gather(x))
+        if w is not None:
+            both = jax.vmap(lambda v, ww: _native.window_map(v[None], ww[None], m)[0])(x, w)
+            np.testing.assert_array_equal(both, gather(x))
+        pull = jax.vjp(gather, x)[1]
+        many = jax.vmap(lambda c, pull=pull: pull(c)[0])(jnp.stack([g, 2 * g]))
+        np.testing.assert_allclose(many[1], 2 * scatter(g), rtol=1e-6)
+
+
+# Average pooling (and the other window sums): native passes vs the XLA engine.
+SUM_CASES = [
+    (gapjax.avg_pool, (2, 9, 11, 37), {"kernel_size": 3, "stride": 1, "padding": 1}),
+    (
+        gapjax.avg_pool,
+        (2, 9, 11, 16),
+        {
+            "kernel_size": 3,
+            "stride": 2,
+            "ceil_mode": True,
+            "count_include_pad": False,
+            "padding": 1,
+        },
+    ),
+    (gapjax.avg_pool, (2, 8, 8, 20), {"kernel_size": 2, "divisor_override": 3}),
+    (gapjax.avg_pool, (2, 9, 11, 20), {"kernel_size": 3, "padding": "same"}),  # Keras
+    (gapjax.avg_pool, (1, 5, 6, 7, 17), {"kernel_size": 2, "stride": 1, "padding": 1}),  # 3-D
+    (gapjax.avg_pool, (2, 14, 13, 24), {"kernel_size": 7, "stride": 2, "padding": 3}),  # stages
+    (gapjax.lp_pool, (2, 9, 11, 24), {"p": 2.0, "kernel_size": 3, "stride": 2}),
+    (gapjax.adaptive_avg_pool, (2, 10, 7, 18), {"output_size": (4, 5)}),
+    (gapjax.adaptive_avg_pool, (2, 24, 24, 16), {"output_size": 3}),  # 8 x 8: two stages
+]
+
+
+@pytest.mark.parametrize("fn,shape,kwargs", SUM_CASES)
+def test_window_sums_agree_with_the_xla_engine(fn, shape, kwargs):
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    x = jnp.asarray(rng.standard_normal(shape) + 2.0, jnp.float32)
+    out_shape = jax.eval_shape(lambda v: fn(v, **kwargs), x).shape
+    weights = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+
+    def run(x):
+        def loss(v):
+            return jnp.sum(jnp.sin(fn(v, **kwargs)) * weights)
+
+        return {
+            "value": fn(x, **kwargs),
+            "grad": jax.grad(loss)(x),
+            "hvp": jax.jvp(jax.grad(loss), (x,), (jnp.cos(x),))[1],
+            "jvp": jax.jvp(lambda v: fn(v, **kwargs), (x,), (jnp.cos(x),))[1],
+            "eager_grad": None,
+        }
+
+    native = jax.jit(run)(x)
+    native["eager_grad"] = jax.grad(lambda v: jnp.sum(fn(v, **kwargs) * weights))(x)
+    hlo = jax.jit(jax.grad(lambda v: jnp.sum(fn(v, **kwargs) * weights))).lower(x).as_text()
+    assert "gapjax_window_gather" in jax.jit(lambda v: fn(v, **kwargs)).lower(x).as_text()
+    assert "gapjax_window_scatter" in hlo
+    with _native.disabled():
+        xla = jax.jit(run)(x)
+        xla["eager_grad"] = jax.grad(lambda v: jnp.sum(fn(v, **kwargs) * weights))(x)
+    for key in native:  # sums in another order: equal up to rounding
+        np.testing.assert_allclose(native[key], xla[key], rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+def test_max_pool_second_order_and_vmap_through_the_native_passes():
+    fn = lambda v: gapjax.max_pool(v, 3, stride=2, padding=1)  # noqa: E731
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((3, 9, 10, 32)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(fn(x).shape), jnp.float32)
+
+    def run(x):
+        loss = lambda v: jnp.sum(jnp.sin(fn(v)) * w)  # noqa: E731
+        per_example = jax.vmap(jax.grad(lambda v, ww: jnp.sum(jnp.sin(fn(v[None])) * ww)))
+        return {
+            "hvp": jax.jvp(jax.grad(loss), (x,), (jnp.cos(x),))[1],
+            "vmap_grad": per_example(x, w),
+            "grad": jax.grad(loss)(x),
+        }
+
+    native = jax.jit(run)(x)
+    assert "gapjax_window_scatter_win" in jax.jit(run).lower(x).as_text()
+    with _native.disabled():
+        xla = jax.jit(run)(x)
+    for key in native:
+        np.testing.assert_allclose(native[key], xla[key], rtol=1e-5, atol=1e-6, err_msg=key)
