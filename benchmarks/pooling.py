@@ -26,10 +26,12 @@ and .backward(g) with the same cotangent, reading t.grad.
 Methodology: every competitor is compiled and warmed up first, and its block size K is chosen so
 that K consecutive calls take about 20 ms (--quick: 8 ms). Then R rounds (--repeats, default 30):
 each round runs every competitor of the (shape, pass) once as a block of K calls, in a fresh random
-order, and records block time / K. A round during which other processes used the CPU (from
-/proc/stat, Linux only) is discarded and rerun, at most 3R times. Reported: the median over the
-rounds. GB/s counts the bytes that must move: the input (forward), plus the gradient written
-(forward+backward). Ratios: "vs torch" = torch time / gapjax time (>1: gapjax is faster),
+order, and records block time / K (PyTorch's blocks are followed by an untimed 50 ms pause, so that
+its spinning OpenMP workers do not slow the next competitor down). A round during which other
+processes used the CPU (from /proc/stat, Linux only) is discarded and rerun, at most 3R times.
+Reported: the median over the rounds. GB/s counts the bytes that must move: the input (forward),
+plus the gradient written (forward+backward). Ratios: "vs torch" = torch time / gapjax time (>1:
+gapjax is faster),
 "of yardstick" = yardstick time / gapjax time (1 = as fast as a full-array sum).
 """
 
@@ -101,6 +103,13 @@ def wait_until_quiet(max_wait: float = 120.0) -> None:
             return
 
 
+# PyTorch's OpenMP workers keep spinning on the cores for a while after each parallel region;
+# the competitor timed next would share the cores with them (a JAX block timed right after a
+# PyTorch block ran markedly slower than after another JAX block). So each PyTorch block is
+# followed by this pause.
+_TORCH_SETTLE_S = 0.05
+
+
 def _block(r):
     jax.block_until_ready(r) if not _is_torch(r) else None
 
@@ -151,6 +160,8 @@ def run_rounds(fns: dict, rounds: int, target_s: float, max_call_s: float) -> di
                 r = fn()
             _block(r)
             cur[name] = (time.perf_counter() - t) / k
+            if _is_torch(r):
+                time.sleep(_TORCH_SETTLE_S)  # let PyTorch's OpenMP workers stop spinning
         if _others_busy(start) > 3 and discarded < 3 * rounds:
             discarded += 1
             wait_until_quiet()

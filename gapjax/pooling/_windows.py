@@ -477,55 +477,39 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
     """Sum over every window (padding reads 0), stage by stage, times ``scale`` (a constant
     broadcasting against the output, e.g. the reciprocal divisors of average pooling).
 
-    On CPU, float32 channels last, each stage is one native pass (``_native.window_map``, its
-    transpose the backward pass; a single stage applies ``scale`` in the same pass). Otherwise
-    the value is assembled region by region (``Stage.assemble``); the tangent is
-    ``_linear_taps``, whose transpose (the backward pass) is ``_scatter_back``. Transposing the
-    assembled form instead would add one full-size padded array per tap and region.
+    On CPU, float32 channels last, a one-stage plan is one native pass (``_native.window_map``,
+    ``scale`` included; its transpose is the backward pass), and the tangent of a multi-stage
+    plan (large windows) is a native pass per stage; its value stays XLA's (axis by axis, XLA's
+    fused loops stream x faster than the native window kernel does there). Otherwise the value
+    is assembled region by region (``Stage.assemble``); the tangent is ``_linear_taps``, whose
+    transpose (the backward pass) is ``_scatter_back``. Transposing the assembled form instead
+    would add one full-size padded array per tap and region.
     """
-    merged = _merged(plan)
-    if merged is not None and _native_plan_ok(merged, x):
-        plan = merged
-    if _native_plan_ok(plan, x):
-        v = x
+    native = _native_plan_ok(plan, x)
+    if native and len(plan) == 1:
+        return _native_linear(plan[0], x, scale=scale)
+
+    def native_tangent(t):
         for stage in plan:
-            inner = scale if len(plan) == 1 else None
-            v = _native_linear(stage, v, scale=inner)
-        if scale is not None and len(plan) > 1:
-            v = v * jnp.asarray(scale, v.dtype)
-        return v
+            t = _native_linear(stage, t)
+        return t if scale is None else t * jnp.asarray(scale, t.dtype)
 
     @jax.custom_jvp
     def total(v):
         for stage in plan:
             v = stage.assemble(lambda st, _, v=v: functools.reduce(jnp.add, st.taps(v, 0)))
-        return v
+        return v if scale is None else v * jnp.asarray(scale, v.dtype)
 
     @total.defjvp
     def total_jvp(primals, tangents):
         t = tangents[0]
+        if native:
+            return total(primals[0]), native_tangent(t)
         for stage in plan:
             t = _linear_taps(stage, t, None)
-        return total(primals[0]), t
+        return total(primals[0]), t if scale is None else t * jnp.asarray(scale, t.dtype)
 
-    out = total(x)
-    return out if scale is None else out * jnp.asarray(scale, out.dtype)
-
-
-# A native pass reads every cell of a window directly up to this many cells (the tap engine
-# splits windows of more than _DIRECT_MAX_TAPS axis by axis, which costs a pass per axis).
-_NATIVE_MAX_TAPS = 256
-
-
-def _merged(plan: list[Stage]) -> list[Stage] | None:
-    """The stages of a plan as one stage over all their axes, if it has at most
-    ``_NATIVE_MAX_TAPS`` taps (None otherwise, or when it is one stage already)."""
-    if len(plan) == 1:
-        return None
-    pairs = sorted((a, w) for st in plan for a, w in zip(st.axes, st.windows, strict=True))
-    if math.prod(w.taps for _, w in pairs) > _NATIVE_MAX_TAPS:
-        return None
-    return [Stage(tuple(a for a, _ in pairs), tuple(w for _, w in pairs))]
+    return total(x)
 
 
 def _native_plan_ok(plan: list[Stage], x: jax.Array) -> bool:
