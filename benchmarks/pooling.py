@@ -31,8 +31,7 @@ its spinning OpenMP workers do not slow the next competitor down). A round durin
 processes used the CPU (from /proc/stat, Linux only) is discarded and rerun, at most 3R times.
 Reported: the median over the rounds. GB/s counts the bytes that must move: the input (forward),
 plus the gradient written (forward+backward). Ratios: "vs torch" = torch time / gapjax time (>1:
-gapjax is faster),
-"of yardstick" = yardstick time / gapjax time (1 = as fast as a full-array sum).
+gapjax is faster), "of yardstick" = yardstick time / gapjax time (1 = as fast as a full-array sum).
 """
 
 import argparse
