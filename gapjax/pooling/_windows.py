@@ -21,10 +21,13 @@ Max/min pooling route the gradient to one winner per window, PyTorch's rule: the
 row-major window order, or the last NaN if the window holds any. A custom VJP records the winning
 tap (an int8 per output) in the forward pass, and the backward pass is the transpose of the tap
 gathers applied to the cotangent masked by the winner: one fused loop writing the gradient, no
-scatter and no second read of the input (XLA's select-and-scatter is 10x slower on CPU). On CPU,
-for float32 with at least 16 contiguous values behind the pooled axes (channels last), the
-extreme and its winner come from one native pass (``_native.window_select``) instead of XLA's
-two; the XLA engine stays the fallback and the reference the tests compare it with.
+scatter and no second read of the input (XLA's select-and-scatter is 10x slower on CPU).
+
+Native passes: on CPU, for float32 with at least 16 contiguous values behind the pooled axes
+(channels last), the extreme and its winner come from one native pass (``_native.window_select``)
+instead of XLA's two, and window sums (average pooling; the winner's tangent of max pooling)
+and their transposes (the backward passes) are the linear primitives of ``_native.window_map``.
+The XLA engine stays the fallback and the reference the tests compare them with.
 """
 
 import dataclasses
