@@ -551,6 +551,29 @@ constexpr int kBlockVectors = 4;
 // A select keeps two registers per vector (the extreme and its tap).
 constexpr int kSelectVectors = kBlockVectors / 2;
 
+// f(std::integral_constant<int, nv>()) for 1 <= nv <= kMax: a block width known at compile time.
+template <int kMax, int N = kMax, typename F>
+inline void WithVectors(int nv, const F& f) {
+  if constexpr (N >= 1) {
+    if (nv == N) return f(std::integral_constant<int, N>());
+    WithVectors<kMax, N - 1>(nv, f);
+  }
+}
+
+// For each block of up to kMax whole vectors of the columns [0, Q): f(n, q0), n the block's
+// vector count (compile time), q0 its first column. Returns where the columns left over (fewer
+// than kLanes) start.
+template <int kMax, typename F>
+inline int64_t ForBlocks(int64_t Q, const F& f) {
+  int64_t q0 = 0;
+  while (Q - q0 >= kLanes) {
+    const int nv = static_cast<int>(std::min<int64_t>(kMax, (Q - q0) / kLanes));
+    WithVectors<kMax>(nv, [&](auto n) { f(n, q0); });
+    q0 += nv * kLanes;
+  }
+  return q0;
+}
+
 // Sums of the terms over columns [0, NV kLanes) of a block: out = sum_t (win == tap_t ?
 // x[off_t] * scale_t : 0) (no winners: every term; kScale: the terms' own factors), times
 // `factor`. With kWinAtTerm the winners sit at each term's offset (scatter), else at `win`.
@@ -583,39 +606,11 @@ inline void SumBlock(const float* x, const W* win, const Term* terms, int64_t nt
 template <typename W, bool kScale, bool kWinAtTerm>
 void SumRow(const float* x, const W* win, const Term* tp, int64_t nt, int64_t Q, float factor,
             float* out) {
-  int64_t q0 = 0;
-  while (Q - q0 >= kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kBlockVectors, (Q - q0) / kLanes));
-    const float* xq = x + q0;
+  const int64_t q0 = ForBlocks<kBlockVectors>(Q, [&](auto n, int64_t q) {
     const W* wq = nullptr;
-    if constexpr (!std::is_void_v<W>) wq = win + q0;
-    switch (nv) {
-#define GAPJAX_BLOCK(N)                                                     \
-  case N:                                                                   \
-    if constexpr (N <= kBlockVectors) {                                     \
-      SumBlock<N, W, kScale, kWinAtTerm>(xq, wq, tp, nt, factor, out + q0); \
-    }                                                                       \
-    break;
-      GAPJAX_BLOCK(1)
-      GAPJAX_BLOCK(2)
-      GAPJAX_BLOCK(3)
-      GAPJAX_BLOCK(4)
-      GAPJAX_BLOCK(5)
-      GAPJAX_BLOCK(6)
-      GAPJAX_BLOCK(7)
-      GAPJAX_BLOCK(8)
-      GAPJAX_BLOCK(9)
-      GAPJAX_BLOCK(10)
-      GAPJAX_BLOCK(11)
-      GAPJAX_BLOCK(12)
-      GAPJAX_BLOCK(13)
-      GAPJAX_BLOCK(14)
-      GAPJAX_BLOCK(15)
-      GAPJAX_BLOCK(16)
-#undef GAPJAX_BLOCK
-    }
-    q0 += nv * kLanes;
-  }
+    if constexpr (!std::is_void_v<W>) wq = win + q;
+    SumBlock<decltype(n)::value, W, kScale, kWinAtTerm>(x + q, wq, tp, nt, factor, out + q);
+  });
   for (int64_t j = q0; j < Q; ++j) {
     float acc = 0.0f;
     for (int64_t t = 0; t < nt; ++t) {
@@ -678,37 +673,10 @@ void SelectRow(const float* x, const Term* tp, int64_t nt, int64_t Q, float iden
     }
     return;
   }
-  int64_t q0 = 0;
-  while (Q - q0 >= kLanes) {
-    const int nv = static_cast<int>(std::min<int64_t>(kSelectVectors, (Q - q0) / kLanes));
-    switch (nv) {
-#define GAPJAX_BLOCK(N)                                                                      \
-  case N:                                                                                    \
-    if constexpr (N <= kSelectVectors) {                                                      \
-      SelectBlock<N, kLargest, W>(x + q0, tp, nt, identity, has_floor, floor, best + q0,     \
-                                  win + q0);                                                 \
-    }                                                                                        \
-    break;
-      GAPJAX_BLOCK(1)
-      GAPJAX_BLOCK(2)
-      GAPJAX_BLOCK(3)
-      GAPJAX_BLOCK(4)
-      GAPJAX_BLOCK(5)
-      GAPJAX_BLOCK(6)
-      GAPJAX_BLOCK(7)
-      GAPJAX_BLOCK(8)
-      GAPJAX_BLOCK(9)
-      GAPJAX_BLOCK(10)
-      GAPJAX_BLOCK(11)
-      GAPJAX_BLOCK(12)
-      GAPJAX_BLOCK(13)
-      GAPJAX_BLOCK(14)
-      GAPJAX_BLOCK(15)
-      GAPJAX_BLOCK(16)
-#undef GAPJAX_BLOCK
-    }
-    q0 += nv * kLanes;
-  }
+  const int64_t q0 = ForBlocks<kSelectVectors>(Q, [&](auto n, int64_t q) {
+    SelectBlock<decltype(n)::value, kLargest, W>(x + q, tp, nt, identity, has_floor, floor,
+                                                 best + q, win + q);
+  });
   for (int64_t j = q0; j < Q; ++j) {
     float m = x[tp[0].off + j];
     int32_t k = tp[0].tap;
