@@ -24,6 +24,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -356,6 +357,23 @@ bool ParseGeometry(ffi::Span<const int64_t> g, Geometry& geo) {
 #else
 #define NO_VECTORIZE
 #endif
+
+// Checks a window call's geometry and input x (P..., A, Q): on success fills geo and the sizes
+// (P the product of the leading axes); the error names the kernel.
+ffi::Error ParseWindowCall(const char* name, ffi::Span<const int64_t> geometry,
+                           ffi::Span<const int64_t> dims, Geometry& geo, int64_t& P, int64_t& A,
+                           int64_t& Q) {
+  if (!ParseGeometry(geometry, geo)) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": malformed geometry");
+  }
+  if (dims.size() < 3) return ffi::Error::InvalidArgument(std::string(name) + ": rank < 3");
+  const int64_t n = dims.size();
+  Q = dims[n - 1];
+  A = dims[n - 2];
+  P = 1;
+  for (int64_t i = 0; i < n - 2; ++i) P *= dims[i];
+  return ffi::Error::Success();
+}
 
 // One row of the reduction: a row of a (., Q) array at offset `off`, its tap number, and the
 // factor it is scaled by (scatter of a scaled sum).
@@ -705,14 +723,9 @@ ffi::Error SelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Span<const int64_t> geometry, bool largest, bool has_floor,
                       float floor) {
   Geometry geo;
-  if (!ParseGeometry(geometry, geo)) {
-    return ffi::Error::InvalidArgument("gapjax_window_select: malformed geometry");
-  }
-  auto dims = x.dimensions();
-  if (dims.size() < 3) return ffi::Error::InvalidArgument("gapjax_window_select: rank < 3");
-  const int64_t n = dims.size(), Q = dims[n - 1], S = dims[n - 2];
-  int64_t P = 1;
-  for (int64_t i = 0; i < n - 2; ++i) P *= dims[i];
+  int64_t P, S, Q;
+  ffi::Error parsed = ParseWindowCall("gapjax_window_select", geometry, x.dimensions(), geo, P, S, Q);
+  if (parsed.failure()) return parsed;
   if (S != geo.size) return ffi::Error::InvalidArgument("gapjax_window_select: size mismatch");
   const float* xp = x.typed_data();
   float* bp = best->typed_data();
@@ -752,12 +765,9 @@ ffi::Error WindowLinear(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> in, const v
                         ffi::Result<ffi::Buffer<ffi::F32>> out,
                         ffi::Span<const int64_t> geometry, ffi::Span<const float> scale) {
   Geometry geo;
-  if (!ParseGeometry(geometry, geo)) {
-    return ffi::Error::InvalidArgument("gapjax_window: malformed geometry");
-  }
-  auto dims = in.dimensions();
-  if (dims.size() < 3) return ffi::Error::InvalidArgument("gapjax_window: rank < 3");
-  const int64_t n = dims.size(), Q = dims[n - 1], A = dims[n - 2];
+  int64_t P, A, Q;
+  ffi::Error parsed = ParseWindowCall("gapjax_window", geometry, in.dimensions(), geo, P, A, Q);
+  if (parsed.failure()) return parsed;
   const int64_t B = kScatter ? geo.size : geo.outs;
   if (A != (kScatter ? geo.outs : geo.size)) {
     return ffi::Error::InvalidArgument("gapjax_window: size mismatch");
@@ -769,8 +779,6 @@ ffi::Error WindowLinear(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> in, const v
     }
     sc = scale.begin();
   }
-  int64_t P = 1;
-  for (int64_t i = 0; i < n - 2; ++i) P *= dims[i];
   const float* ip = in.typed_data();
   float* op = out->typed_data();
   const W* wp = static_cast<const W*>(win);

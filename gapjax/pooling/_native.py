@@ -40,7 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["WindowMap", "available", "disabled", "extreme", "window_map", "window_select"]
+__all__ = [
+    "WindowMap",
+    "available",
+    "disabled",
+    "extreme",
+    "linear_available",
+    "window_map",
+    "window_select",
+]
 
 _SOURCE = Path(__file__).with_name("_native.cc")
 _TARGETS = {
