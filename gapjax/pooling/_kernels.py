@@ -9,6 +9,12 @@ silently drops NaN (``jnp.max`` on CPU returns a finite value, depending on wher
 formulations below fix both. The choice is made per call from the static shape, and per platform
 at lowering time (``lax.platform_dependent``), so a program lowered for GPU never sees them.
 
+Sums and means of float32 and bfloat16 arrays on CPU go to the native sum kernel of ``_native``
+when it is built: rows read in order (sequential streams), column totals kept in L1, bfloat16
+widened to float32 on the fly, the mean's division done in the kernel; contiguous rows shorter
+than 257 elements keep the matrix-vector product below, which handles them faster. The XLA
+formulations below are the fallback.
+
 Max and min of float arrays on CPU go to the native kernel of ``_native`` when it is built
 (``-march=native`` C++ through XLA's FFI): one pass over x gives the extreme and, when
 differentiating, its position, faster than the formulations below and than PyTorch (the
@@ -183,8 +189,21 @@ def _batched_dot_sum(x3: jax.Array, P: int, R: int, Q: int) -> jax.Array:
     return y[:, 0] if s * k == 1 else jnp.sum(y, axis=1)
 
 
+def _native_sum_ok(x: jax.Array, axes: tuple[int, ...]) -> bool:
+    """Whether x's CPU sum goes to the native kernel (decided at trace time): float32 or
+    bfloat16 that collapses to (P, R, Q) with Q > 1 (channels last) or rows longer than
+    _GEMV_MAX_LENGTH (shorter contiguous rows: the matrix-vector product is faster)."""
+    prq = _fast_path(x, axes)
+    if prq is None or not _native.sums(x.dtype) or not _native.available():
+        return False
+    return prq[2] > 1 or prq[1] > _GEMV_MAX_LENGTH
+
+
 def _sum_plan(x: jax.Array, axes: tuple[int, ...]) -> str:
-    """Which CPU formulation sums x over axes: "plain" (``jnp.sum``: YNNPACK), "gemv" or "dot"."""
+    """Which CPU formulation sums x over axes: "native", "plain" (``jnp.sum``: YNNPACK), "gemv"
+    or "dot"."""
+    if _native_sum_ok(x, axes):
+        return "native"
     prq = _fast_path(x, axes)
     if prq is None or x.dtype != jnp.float32:
         return "plain"
@@ -194,72 +213,84 @@ def _sum_plan(x: jax.Array, axes: tuple[int, ...]) -> str:
     return "dot" if R * Q >= _DOT_MIN_BATCH_ELEMENTS and R >= 16 else "plain"
 
 
-def _cpu_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def _divide(total: jax.Array, divisor: int) -> jax.Array:
+    return total if divisor == 1 else total / jnp.asarray(divisor, total.dtype)
+
+
+def _cpu_sum(x: jax.Array, axes: tuple[int, ...], divisor: int = 1) -> jax.Array:
     plan = _sum_plan(x, axes)
-    if plan == "plain":
-        return _plain_sum(x, axes)
-    P, R, Q = _collapse(x.shape, axes)
     out_shape = _out_shape(x.shape, axes)
+    if plan == "native":  # the division happens in the kernel
+        P, R, Q = _collapse(x.shape, axes)
+        return _native.reduce_sum(x.reshape(P, R, Q), divisor=float(divisor)).reshape(out_shape)
+    if plan == "plain":
+        total = _plain_sum(x, axes)
+        if divisor == 1 or not total.size:
+            return _divide(total, divisor)
+        # XLA would fuse the division into YNNPACK's reduction, which then runs 15-25% slower
+        # ((256,8,8,192): 0.36 vs 0.30 ms with the division apart; the cond costs ~0.02).
+        return _unfused(functools.partial(_divide, divisor=divisor), total)
+    P, R, Q = _collapse(x.shape, axes)
     if plan == "gemv":
         y = jnp.matmul(x.reshape(P, R), jnp.ones((R,), x.dtype), precision=lax.Precision.HIGHEST)
-        return y.reshape(out_shape)
-    return _batched_dot_sum(x.reshape(P, R, Q), P, R, Q).reshape(out_shape)
+    else:
+        y = _batched_dot_sum(x.reshape(P, R, Q), P, R, Q)
+    return _divide(y.reshape(out_shape), divisor)
 
 
-def _platform_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def _plain_mean(x: jax.Array, axes: tuple[int, ...], divisor: int = 1) -> jax.Array:
+    return _divide(_plain_sum(x, axes), divisor)
+
+
+def _platform_sum(x: jax.Array, axes: tuple[int, ...], divisor: int) -> jax.Array:
     return lax.platform_dependent(
         x,
-        cpu=functools.partial(_cpu_sum, axes=axes),
-        default=functools.partial(_plain_sum, axes=axes),
+        cpu=functools.partial(_cpu_sum, axes=axes, divisor=divisor),
+        default=functools.partial(_plain_mean, axes=axes, divisor=divisor),
     )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    return _platform_sum(x, axes)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _sum(x: jax.Array, axes: tuple[int, ...], divisor: int) -> jax.Array:
+    """The sum of x over axes, divided by ``divisor`` (the mean: the count)."""
+    return _platform_sum(x, axes, divisor)
 
 
 @_sum.defjvp
-def _sum_jvp(axes, primals, tangents):
+def _sum_jvp(axes, divisor, primals, tangents):
     (x,), (t,) = primals, tangents
     # The tangent is a plain reduction: its transpose is a broadcast (not a dot).
-    return _sum(x, axes), _plain_sum(t, axes)
+    return _sum(x, axes, divisor), _plain_mean(t, axes, divisor)
 
 
 def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     """``jnp.sum(x, axis=axes)``, accumulated in float32 for 16-bit floats (returned as float32).
 
-    On CPU, float32 sums run as a batched matrix-vector product with a ones vector (channels
-    last, one batch >= 40K elements: up to 2x faster than ``jnp.sum``, near memory bandwidth) or
-    as ``x @ ones`` (channels first, rows <= 256); see the module docstring for the measurements.
-    A custom JVP keeps the gradient a plain broadcast (custom_jvp: forward mode works too).
+    On CPU, float32 and bfloat16 sums go to the native kernel of ``_native`` (rows read in
+    order, column totals kept in L1; at memory bandwidth), or without it, float32 sums run as a
+    batched matrix-vector product with a ones vector (channels last, one batch >= 40K elements:
+    up to 2x faster than ``jnp.sum``) or as ``x @ ones`` (channels first, rows <= 256; also
+    with the native kernel); see the module docstring for the measurements. A custom JVP keeps
+    the gradient a plain broadcast (custom_jvp: forward mode works too).
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)
     if not axes or not jnp.issubdtype(x.dtype, jnp.floating):
         return _plain_sum(x, axes)
-    return _sum(x, axes)
+    return _sum(x, axes, 1)
 
 
 def spatial_mean(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
-    """``jnp.mean(x, axis=axes)``, in float32 for 16-bit floats: ``spatial_sum`` / count."""
+    """``jnp.mean(x, axis=axes)``, in float32 for 16-bit floats: the sum divided by the count
+    (in the native kernel, or apart from the reduction)."""
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         return jnp.mean(x, axis=axes)
     count = math.prod(x.shape[a] for a in axes)
-    total = spatial_sum(x, axes)
     if not count:
-        return total / 0
-
-    def divide(t):
-        return t / jnp.asarray(count, t.dtype)
-
-    if total.size and _sum_plan(x, axes) == "plain":
-        # On CPU, XLA would fuse the division into YNNPACK's reduction, which then runs 15-25%
-        # slower ((256,8,8,192): 0.36 vs 0.30 ms with the division apart; the cond costs ~0.02).
-        return lax.platform_dependent(total, cpu=lambda t: _unfused(divide, t), default=divide)
-    return divide(total)
+        return spatial_sum(x, axes) / 0
+    return _sum(x, axes, count)
 
 
 # --------------------------------------------------------------------------------------------

@@ -317,6 +317,167 @@ ffi::Error ExtremeIndexImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
 }
 
 // ---------------------------------------------------------------------------------------------
+// Global sum over axis R of (P, R, Q), accumulated in float32 (float32 or bfloat16 input),
+// divided by `divisor` (the mean; 1 for the sum).
+// ---------------------------------------------------------------------------------------------
+
+// Element loads widened to float32: 16 lanes, or one.
+inline VF LoadF(const float* p) { return VLoadRaw<VF>(p); }
+inline float LoadF1(const float* p) { return *p; }
+typedef uint32_t VU __attribute__((vector_size(64)));
+inline VF LoadF(const uint16_t* p) {  // bfloat16: its bits are a float32's upper half
+  VU e = __builtin_convertvector(VLoadRaw<VH>(p), VU) << 16;
+  VF f;
+  std::memcpy(&f, &e, sizeof(f));
+  return f;
+}
+inline float LoadF1(const uint16_t* p) {
+  uint32_t e = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &e, sizeof(f));
+  return f;
+}
+
+// Column sums of a (rows, Q) slab, rows read in order (sequential streams; reading a few rows
+// interleaved ran markedly slower on large inputs): each group of kSumRows rows is summed in
+// order into `part`, which is then added to the running total (the rounding error grows with
+// kSumRows + rows / kSumRows, not with rows). Both are kept in L1: at most kSumColumns floats.
+constexpr int64_t kSumColumns = 2048;
+#ifndef GAPJAX_SUM_ROWS
+#define GAPJAX_SUM_ROWS 16
+#endif
+constexpr int64_t kSumRows = GAPJAX_SUM_ROWS;
+
+// acc[0, w) (+)= row[0, w), widened to float32.
+template <bool kFirst, typename E>
+inline void AddRow(const E* row, int64_t w, float* acc) {
+  const int64_t nv = w / kLanes;
+  for (int64_t u = 0; u < nv; ++u) {
+    VF v = LoadF(row + u * kLanes);
+    if (!kFirst) v += VLoadRaw<VF>(acc + u * kLanes);
+    VStore(acc + u * kLanes, v);
+  }
+  for (int64_t j = nv * kLanes; j < w; ++j) acc[j] = kFirst ? LoadF1(row + j) : acc[j] + LoadF1(row + j);
+}
+
+// total[0, w) = the sums over rows [0, n) of columns [0, w) of x (row stride Q).
+template <typename E>
+void SumColumns(const E* x, int64_t n, int64_t Q, int64_t w, float* total) {
+  alignas(64) float part[kSumColumns];
+  for (int64_t r0 = 0; r0 < n; r0 += kSumRows) {
+    const int64_t r1 = std::min(n, r0 + kSumRows);
+    float* acc = r0 == 0 ? total : part;
+    AddRow<true>(x + r0 * Q, w, acc);
+    for (int64_t r = r0 + 1; r < r1; ++r) AddRow<false>(x + r * Q, w, acc);
+    if (r0 > 0) AddRow<false>(part, w, total);
+  }
+}
+
+// The 16 lanes of a added pairwise by halves (shuffles: indexing the lanes went through memory).
+inline float HorizontalSum(VF a) {
+  typedef float V8 __attribute__((vector_size(32)));
+  typedef float V4 __attribute__((vector_size(16)));
+  V8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  V4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
+  c += __builtin_shufflevector(c, c, 2, 3, 2, 3);
+  return c[0] + c[1];
+}
+
+// The sum of one contiguous row (Q == 1): 4 x 16 interleaved partial sums, added pairwise.
+template <typename E>
+float SumContiguous(const E* x, int64_t n) {
+  VF a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t r = 0;
+  for (; r + 4 * kLanes <= n; r += 4 * kLanes) {
+    a0 += LoadF(x + r);
+    a1 += LoadF(x + r + kLanes);
+    a2 += LoadF(x + r + 2 * kLanes);
+    a3 += LoadF(x + r + 3 * kLanes);
+  }
+  for (; r + kLanes <= n; r += kLanes) a0 += LoadF(x + r);
+  float tail = 0.0f;
+  for (; r < n; ++r) tail += LoadF1(x + r);
+  return HorizontalSum((a0 + a1) + (a2 + a3)) + tail;
+}
+
+// Rows of contiguous elements (Q == 1) in parallel; slabs times column pieces (kSumColumns wide)
+// otherwise. When there are fewer of those than threads, each thread sums a range of rows into
+// a partial total, and the partials are added in order afterwards (so the result does not
+// depend on the threads).
+template <typename E>
+void Sum(ffi::ThreadPool& pool, const E* x, float* out, int64_t P, int64_t R, int64_t Q,
+         float divisor) {
+  auto finish = [divisor](float v) { return divisor == 1.0f ? v : v / divisor; };
+  const int64_t width = Q == 1 ? 1 : std::min(Q, kSumColumns);
+  const int64_t pieces = (Q + width - 1) / width;
+  const int64_t threads = P * R * Q < kMinParallelElements ? 1 : pool.num_threads();
+  int64_t splits = 1;
+  if (P * pieces < 2 * threads) {
+    splits = std::max<int64_t>(1, std::min(4 * threads / (P * pieces), R / 256));
+  }
+  if (splits == 1 && Q == 1) {
+    ParallelFor(pool, P, P * R, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p) out[p] = finish(SumContiguous(x + p * R, R));
+    });
+    return;
+  }
+  std::vector<float> partial(splits > 1 ? P * Q * splits : 0);
+  ParallelFor(pool, P * pieces * splits, P * R * Q, [&](int64_t b, int64_t e) {
+    alignas(64) float total[kSumColumns];
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t s = i % splits, c = (i / splits) % pieces, p = i / (splits * pieces);
+      const int64_t r0 = s * R / splits, r1 = (s + 1) * R / splits;
+      const int64_t q0 = c * width, w = std::min(width, Q - q0);
+      const E* xs = x + (p * R + r0) * Q + q0;
+      if (Q == 1) {
+        total[0] = SumContiguous(xs, r1 - r0);
+      } else {
+        SumColumns(xs, r1 - r0, Q, w, total);
+      }
+      if (splits > 1) {
+        std::copy(total, total + w, partial.data() + (s * P + p) * Q + q0);
+      } else {
+        for (int64_t j = 0; j < w; ++j) out[p * Q + q0 + j] = finish(total[j]);
+      }
+    }
+  });
+  if (splits > 1) {
+    for (int64_t j = 0; j < P * Q; ++j) {
+      float v = partial[j];
+      for (int64_t s = 1; s < splits; ++s) v += partial[s * P * Q + j];
+      out[j] = finish(v);
+    }
+  }
+}
+
+ffi::Error SumImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::Buffer<ffi::F32>> out,
+                   float divisor) {
+  auto dims = x.dimensions();
+  const int64_t n = dims.size();
+  if (n < 3) return ffi::Error::InvalidArgument("gapjax_sum: x must have rank >= 3");
+  int64_t R = dims[n - 2], Q = dims[n - 1], P = 1;
+  for (int64_t i = 0; i < n - 2; ++i) P *= dims[i];
+  if (P * Q == 0) return ffi::Error::Success();
+  float* o = out->typed_data();
+  if (R == 0) {
+    std::fill(o, o + P * Q, 0.0f / divisor);  // 0, or NaN for the mean
+    return ffi::Error::Success();
+  }
+  switch (x.element_type()) {
+    case ffi::DataType::F32:
+      Sum(pool, static_cast<const float*>(x.untyped_data()), o, P, R, Q, divisor);
+      break;
+    case ffi::DataType::BF16:
+      Sum(pool, static_cast<const uint16_t*>(x.untyped_data()), o, P, R, Q, divisor);
+      break;
+    default:
+      return ffi::Error::InvalidArgument("gapjax_sum: x must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Windows (float32): the extreme of every window and its winning tap (max/min pooling), window
 // sums (average pooling, the tangent of max pooling) and their transposes (backward passes).
 // ---------------------------------------------------------------------------------------------
@@ -855,6 +1016,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxExtremeIndex, ExtremeIndexImpl,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<bool>("largest"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxSum, SumImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("divisor"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GapjaxWindowSelect, SelectImpl,
                               ffi::Ffi::Bind()

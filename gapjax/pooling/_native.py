@@ -46,6 +46,7 @@ __all__ = [
     "disabled",
     "extreme",
     "linear_available",
+    "reduce_sum",
     "window_map",
     "window_select",
 ]
@@ -54,6 +55,7 @@ _SOURCE = Path(__file__).with_name("_native.cc")
 _TARGETS = {
     "gapjax_extreme": "GapjaxExtreme",
     "gapjax_extreme_index": "GapjaxExtremeIndex",
+    "gapjax_sum": "GapjaxSum",
     "gapjax_window_select": "GapjaxWindowSelect",
     "gapjax_window_gather": "GapjaxWindowGather",
     "gapjax_window_gather_win": "GapjaxWindowGatherWin",
@@ -62,6 +64,8 @@ _TARGETS = {
 }
 # float dtypes the kernels take (others use the XLA formulations).
 DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
+# float dtypes the sum kernel takes (accumulating in float32).
+SUM_DTYPES = (jnp.float32, jnp.bfloat16)
 
 _lock = threading.Lock()
 _state: dict = {"loaded": None, "off": False}
@@ -170,7 +174,13 @@ def disabled():
 
 
 def supports(dtype) -> bool:
+    """Whether the extreme kernels take this dtype."""
     return any(jnp.dtype(dtype) == jnp.dtype(d) for d in DTYPES)
+
+
+def sums(dtype) -> bool:
+    """Whether the sum kernel takes this dtype."""
+    return any(jnp.dtype(dtype) == jnp.dtype(d) for d in SUM_DTYPES)
 
 
 def extreme(x3: jax.Array, *, largest: bool, index: bool):
@@ -183,6 +193,15 @@ def extreme(x3: jax.Array, *, largest: bool, index: bool):
     pos = jax.ShapeDtypeStruct(out.shape, np.int32)
     call = jax.ffi.ffi_call("gapjax_extreme_index", (out, pos), vmap_method="broadcast_all")
     return tuple(call(x3, largest=bool(largest)))
+
+
+def reduce_sum(x3: jax.Array, *, divisor: float = 1.0) -> jax.Array:
+    """Sum over axis -2 of ``x3`` (..., R, Q) float32 or bfloat16, accumulated and returned in
+    float32, divided by ``divisor`` (the mean: the count; 1 for the sum). Rows are added pairwise
+    in groups of 8, then in order (the rounding error grows with R / 8)."""
+    out = jax.ShapeDtypeStruct(x3.shape[:-2] + x3.shape[-1:], np.float32)
+    call = jax.ffi.ffi_call("gapjax_sum", out, vmap_method="broadcast_all")
+    return call(x3, divisor=np.float32(divisor))
 
 
 def window_select(

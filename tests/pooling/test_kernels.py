@@ -1,7 +1,7 @@
 """Tests of the private reduction kernels behind global pooling (gapjax.pooling._kernels).
 
-Every test runs twice: with the native CPU kernels (``_native``: max and min) and with the
-pure-XLA formulations alone.
+Every test runs twice: with the native CPU kernels (``_native``: sums, means, max and min) and
+with the pure-XLA formulations alone.
 
 Every formulation (plain, batched dot, matrix-vector product, elementwise max trees, the
 first-maximum index pass, the NaN checks) is checked against NumPy on shapes chosen to reach it,
@@ -94,11 +94,19 @@ def test_values_against_numpy(name, shape, axes):
     np.testing.assert_array_equal(mx, x.max(axis=axes))
 
 
-def test_cases_reach_the_formulation_they_name():
+def test_cases_reach_the_formulation_they_name(formulation):
     plans = {name: K._sum_plan(jnp.zeros(shape), axes) for name, shape, axes in CASES}
-    assert {n for n, p in plans.items() if p == "dot"} == {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
     assert {n for n, p in plans.items() if p == "gemv"} == {"cf_gemv"}
-    assert plans["cl_small"] == plans["cf_few"] == plans["tiny"] == "plain"
+    assert plans["tiny"] == plans["noncontig"] == "plain"
+    if formulation == "native" and _native.available():
+        # Channels last, and contiguous rows longer than 256 (cf_few: 437).
+        native = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd", "cl_small", "1d_cl", "3d_cl"}
+        native |= {"unbatched", "size1_inside", "cf_few"}
+        assert {n for n, p in plans.items() if p == "native"} == native
+    else:
+        dot = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
+        assert {n for n, p in plans.items() if p == "dot"} == dot
+        assert plans["cl_small"] == plans["cf_few"] == "plain"
 
 
 @pytest.mark.parametrize("name,shape,axes", CASES, ids=IDS)

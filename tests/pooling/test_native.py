@@ -1,11 +1,13 @@
 """Tests of the native CPU kernels (gapjax.pooling._native) and of their fallback.
 
-The kernels are checked bit for bit against a NumPy reference of PyTorch's rule (value and
-position of the first maximum, or of the first NaN), over every dtype, over layouts that reach
+The extreme kernels are checked bit for bit against a NumPy reference of PyTorch's rule (value
+and position of the first maximum, or of the first NaN), over every dtype, over layouts that reach
 each code path (contiguous rows with and without the 16 interleaved lanes, column blocks with
 and without a vector remainder, several column blocks, the thread pool), and with ties, signed
-zeros, infinities and NaN. The public functions must give the same values and gradients with
-the kernels and with the pure-XLA formulations (``_native.disabled()``).
+zeros, infinities and NaN. The sum kernel is checked against float64 NumPy sums (within any
+float32 summation order's rounding) over layouts that reach each of its paths. The public
+functions must give the same values and gradients with the kernels and with the pure-XLA
+formulations (``_native.disabled()``).
 """
 
 import math
@@ -102,7 +104,66 @@ def test_vmap_and_leading_batch_axes():
     np.testing.assert_array_equal(i, x.argmax(axis=3))
 
 
+# (P, R, Q) for the sum kernel: contiguous rows (Q == 1) shorter than one vector, with the 4 x 16
+# lanes and a remainder, on the thread pool, and split across threads (P = 1); columns with a
+# scalar tail (Q < 16, 37), row counts that leave a partial group of 16, two and three column
+# pieces of 2048, the thread pool, and rows split across threads with a partial per thread.
+SUM_SHAPES = [
+    (3, 1, 1),
+    (5, 13, 1),
+    (7, 101, 1),
+    (70, 1100, 1),
+    (1, 70001, 1),
+    (4, 9, 3),
+    (3, 40, 16),
+    (2, 33, 37),
+    (2, 17, 2100),
+    (2, 5, 4200),
+    (9, 300, 40),
+    (1, 3001, 48),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("shape", SUM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sum_against_numpy(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    xj = jnp.asarray(rng.standard_normal(shape) * 3 + 1, dtype)
+    x64 = np.asarray(xj, np.float64)  # rounded to dtype
+    for divisor in (1.0, 7.0):
+        got = jax.jit(lambda v, d=divisor: _native.reduce_sum(v, divisor=d))(xj)
+        assert got.dtype == jnp.float32 and got.shape == (shape[0], shape[2])
+        want = x64.sum(axis=1) / divisor
+        # Any float32 summation order is within this; the kernel's groups of 16 are well inside.
+        tol = 2e-6 * np.abs(x64).sum(axis=1) / divisor
+        assert np.all(np.abs(np.asarray(got, np.float64) - want) <= tol)
+
+
+def test_sum_of_special_values_and_of_nothing():
+    x = np.ones((3, 50, 20), np.float32)
+    x[0, 7, 3] = np.nan
+    x[1, 0, 4], x[1, 49, 4] = np.inf, -np.inf  # inf - inf
+    x[2, 10, 5] = np.inf
+    got = np.asarray(_native.reduce_sum(jnp.asarray(x)))
+    with np.errstate(invalid="ignore"):
+        want = x.astype(np.float64).sum(axis=1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
+    empty = jnp.zeros((3, 0, 5), jnp.float32)
+    np.testing.assert_array_equal(_native.reduce_sum(empty), np.zeros((3, 5)))
+    assert np.isnan(np.asarray(_native.reduce_sum(empty, divisor=0.0))).all()  # 0 / 0
+
+
+def test_sum_vmaps_over_leading_batch_axes():
+    x = np.random.default_rng(3).standard_normal((3, 2, 5, 40, 20)).astype(np.float32)
+    got = jax.vmap(lambda a: _native.reduce_sum(a, divisor=40.0))(x)
+    assert got.shape == (3, 2, 5, 20)
+    np.testing.assert_allclose(got, x.mean(axis=3), rtol=1e-5, atol=1e-6)
+
+
 CASES = [  # (function, shape, kwargs)
+    (gapjax.global_avg_pool, (4, 9, 11, 70), {}),
+    (gapjax.global_sum_pool, (2, 70, 30, 11), {"data_format": "channels_first"}),
     (gapjax.global_max_pool, (4, 9, 11, 70), {}),
     (gapjax.global_min_pool, (4, 9, 11, 70), {}),
     (gapjax.global_max_pool, (4, 70, 9, 11), {"data_format": "channels_first"}),
@@ -146,13 +207,14 @@ def test_public_functions_agree_with_the_xla_formulations(fn, shape, kwargs, dty
 
 
 def test_disabled_traces_without_custom_calls():
-    f = jax.jit(lambda x: gapjax.global_max_pool(x))
+    def f(x):
+        return gapjax.global_max_pool(x), gapjax.global_avg_pool(x)
+
     x = jnp.ones((2, 8, 8, 32))
-    assert "gapjax_extreme" in f.lower(x).as_text()
+    text = jax.jit(f).lower(x).as_text()
+    assert "gapjax_extreme" in text and "gapjax_sum" in text
     with _native.disabled():
-        assert (
-            "gapjax_extreme" not in jax.jit(lambda x: gapjax.global_max_pool(x)).lower(x).as_text()
-        )
+        assert "gapjax_" not in jax.jit(f).lower(x).as_text()
 
 
 def test_a_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
