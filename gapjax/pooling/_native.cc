@@ -92,6 +92,7 @@ constexpr int kLanes = 16;
 typedef float VF __attribute__((vector_size(64)));
 typedef int32_t VI __attribute__((vector_size(64)));
 typedef uint16_t VH __attribute__((vector_size(32)));
+typedef uint32_t VU __attribute__((vector_size(64)));
 
 template <typename V, typename E>
 inline V VLoadRaw(const E* p) {
@@ -104,15 +105,41 @@ inline void VStore(E* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// Element loads widened to float32: 16 lanes, or one.
+inline VF LoadF(const float* p) { return VLoadRaw<VF>(p); }
+inline float LoadF1(const float* p) { return *p; }
+inline VF LoadF(const uint16_t* p) {  // bfloat16: its bits are a float32's upper half
+#if defined(__AVX512F__)
+  // One widening load (the vector-extension conversion took five instructions).
+  const __m512i e = _mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+  return reinterpret_cast<const VF&>(e);
+#else
+  VU e = __builtin_convertvector(VLoadRaw<VH>(p), VU) << 16;
+  VF f;
+  std::memcpy(&f, &e, sizeof(f));
+  return f;
+#endif
+}
+inline float LoadF1(const uint16_t* p) {
+  uint32_t e = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &e, sizeof(f));
+  return f;
+}
+
 // float32 / float64: the value itself. v replaces the current best m when it is larger, or when
 // it is the first NaN (m is not NaN); ties keep the first.
-template <typename T, bool kLargest>
+template <typename T, bool kLargestT>
 struct FloatKey {
+  static constexpr bool kLargest = kLargestT;
   using Elem = T;
   using Key = T;
   static constexpr bool kVector = std::is_same_v<T, float>;
+  static constexpr bool kExact = true;  // the best key is the element
   using V = VF;
   static inline Key Load(Elem e) { return e; }
+  static inline Elem Value(Key k) { return k; }
   static inline bool Take(Key v, Key m) {
     return kLargest ? (!(v <= m) && m == m) : (!(v >= m) && m == m);
   }
@@ -130,6 +157,7 @@ struct HalfKey {
   using Elem = uint16_t;
   using Key = int32_t;
   static constexpr bool kVector = true;
+  static constexpr bool kExact = false;  // the element comes from the position of the best
   using V = VI;
   static inline Key Load(Elem e) {
     int32_t mag = e & 0x7fff;
@@ -150,21 +178,90 @@ struct HalfKey {
   static inline VI VTake(V v, V m) { return v > m; }
 };
 
+// bfloat16 as float32: its bits moved to a float32's upper half, which is exact (signed zeros and
+// NaN payloads kept) and compares as float32 (half the work of HalfKey's integer keys).
+template <bool kLargestT>
+struct Bf16Key {
+  static constexpr bool kLargest = kLargestT;
+  using F = FloatKey<float, kLargest>;
+  using Elem = uint16_t;
+  using Key = float;
+  static constexpr bool kVector = true;
+  static constexpr bool kExact = true;
+  using V = VF;
+  static inline Key Load(Elem e) { return LoadF1(&e); }
+  static inline Elem Value(Key k) {
+    uint32_t b;
+    std::memcpy(&b, &k, sizeof(b));
+    return static_cast<Elem>(b >> 16);
+  }
+  static inline bool Take(Key v, Key m) { return F::Take(v, m); }
+  static inline bool Same(Key a, Key b) { return F::Same(a, b); }
+  static inline V VLoad(const Elem* p) { return LoadF(p); }
+  static inline VI VTake(V v, V m) { return F::VTake(v, m); }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Global extreme over axis R of (P, R, Q).
 // ---------------------------------------------------------------------------------------------
 
+// The inner step of every extreme kernel: m = take(v, m) ? v : m, and with kTrack the same for
+// the positions k (rv: v's). With AVX-512, float keys compare straight into a mask register
+// (the vector-extension form took twice the instructions: compares, mask inversions, blends).
+template <typename K, bool kTrack>
+inline void Step(const typename K::V& v, typename K::V& m, VI& k, const VI& rv) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<typename K::V, VF>) {
+    const __m512 vv = reinterpret_cast<const __m512&>(v), mm = reinterpret_cast<__m512&>(m);
+    __mmask16 t = _mm512_cmp_ps_mask(vv, mm, K::kLargest ? _CMP_NLE_UQ : _CMP_NGE_UQ);
+    t = _mm512_mask_cmp_ps_mask(t, mm, mm, _CMP_ORD_Q);  // and m is not NaN
+    const __m512 nm = _mm512_mask_mov_ps(mm, t, vv);
+    m = reinterpret_cast<const VF&>(nm);
+    if constexpr (kTrack) {
+      const __m512i nk = _mm512_mask_mov_epi32(reinterpret_cast<__m512i&>(k), t,
+                                               reinterpret_cast<const __m512i&>(rv));
+      k = reinterpret_cast<const VI&>(nk);
+    }
+    return;
+  }
+#endif
+  const VI t = K::VTake(v, m);
+  m = t ? v : m;
+  if constexpr (kTrack) k = t ? rv : k;
+}
+
+// Columns are processed in blocks of up to kBlockVectors vectors whose accumulators stay in
+// registers across all the terms (accumulators in memory put a store-to-load forwarding delay
+// on every term, and per-term loop overhead dominated when blocks were narrow).
+#if defined(__AVX512F__)
+constexpr int kBlockVectors = 16;
+#else
+constexpr int kBlockVectors = 4;
+#endif
+// A select keeps two registers per vector (the extreme and its tap).
+constexpr int kSelectVectors = kBlockVectors / 2;
+
+// f(std::integral_constant<int, nv>()) for 1 <= nv <= kMax: a block width known at compile time.
+template <int kMax, int N = kMax, typename F>
+inline void WithVectors(int nv, const F& f) {
+  if constexpr (N >= 1) {
+    if (nv == N) return f(std::integral_constant<int, N>());
+    WithVectors<kMax, N - 1>(nv, f);
+  }
+}
+
+
 // Columns [q0, q0 + w) of one (R, Q) slab, row by row (sequential reads), the running best per
-// column kept in L1. The vector body is written out with vector types: left to the
+// column kept in L1 (up to 2048 columns: narrower blocks read each row in pieces, slower). The vector body is written out with vector types: left to the
 // autovectorizer, the same loop's code varied with the array sizes, and some variants ran much
 // slower (stalls on store-to-load forwarding).
-constexpr int64_t kColumns = 512;
+constexpr int64_t kColumns = 2048;
 
 template <typename K, bool kIndex>
 void ExtremeColumns(const typename K::Elem* x, typename K::Elem* out, int32_t* idx, int64_t R,
                     int64_t Q, int64_t q0, int64_t w) {
   using Key = typename K::Key;
-  constexpr bool kKeyed = !std::is_same_v<Key, typename K::Elem>;  // value = x[winner]
+  constexpr bool kKeyed = !K::kExact;  // value = x[winner]
   alignas(64) Key m[kColumns];
   alignas(64) int32_t k[kColumns];
   for (int64_t j = 0; j < w; ++j) {
@@ -178,14 +275,11 @@ void ExtremeColumns(const typename K::Elem* x, typename K::Elem* out, int32_t* i
     if constexpr (K::kVector) {
       const VI rv = VI{} + rr;
       for (int64_t u = 0; u < nv; ++u) {
-        typename K::V v = K::VLoad(row + u * kLanes);
-        auto mv = VLoadRaw<typename K::V>(m + u * kLanes);
-        VI t = K::VTake(v, mv);
-        VStore(m + u * kLanes, t ? v : mv);
-        if (kIndex || kKeyed) {
-          VI kv = VLoadRaw<VI>(k + u * kLanes);
-          VStore(k + u * kLanes, t ? rv : kv);
-        }
+        typename K::V mv = VLoadRaw<typename K::V>(m + u * kLanes);
+        VI kv = kIndex || kKeyed ? VLoadRaw<VI>(k + u * kLanes) : VI{};
+        Step<K, kIndex || kKeyed>(K::VLoad(row + u * kLanes), mv, kv, rv);
+        VStore(m + u * kLanes, mv);
+        if (kIndex || kKeyed) VStore(k + u * kLanes, kv);
       }
     }
     for (int64_t j = nv * kLanes; j < w; ++j) {
@@ -200,11 +294,51 @@ void ExtremeColumns(const typename K::Elem* x, typename K::Elem* out, int32_t* i
     if constexpr (kKeyed) {
       out[q0 + j] = x[static_cast<int64_t>(k[j]) * Q + q0 + j];
     } else {
-      out[q0 + j] = m[j];
+      out[q0 + j] = K::Value(m[j]);
     }
     if (kIndex) idx[q0 + j] = k[j];
   }
 }
+
+// A whole (R, Q) slab whose rows are NV vectors (Q = NV kLanes), the running bests (and their
+// rows) kept in registers: rows read in order, no L1 round trip per element.
+template <typename K, bool kIndex, int NV>
+void ExtremeSlab(const typename K::Elem* x, typename K::Elem* out, int32_t* idx, int64_t R) {
+  constexpr bool kKeyed = !K::kExact;
+  constexpr int64_t Q = NV * kLanes;
+  typename K::V m[NV];
+  VI k[NV];
+#pragma GCC unroll 16
+  for (int u = 0; u < NV; ++u) {
+    m[u] = K::VLoad(x + u * kLanes);
+    k[u] = VI{};
+  }
+  for (int64_t r = 1; r < R; ++r) {
+    const typename K::Elem* row = x + r * Q;
+    [[maybe_unused]] const VI rv = VI{} + static_cast<int32_t>(r);
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) {
+      Step<K, kIndex || kKeyed>(K::VLoad(row + u * kLanes), m[u], k[u], rv);
+    }
+  }
+#pragma GCC unroll 16
+  for (int u = 0; u < NV; ++u) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t j = u * kLanes + l;
+      if constexpr (kKeyed) {
+        out[j] = x[static_cast<int64_t>(k[u][l]) * Q + j];
+      } else {
+        out[j] = K::Value(m[u][l]);
+      }
+    }
+    if constexpr (kIndex) VStore(idx + u * kLanes, k[u]);
+  }
+}
+
+// The most vectors per row that ExtremeSlab keeps in registers (two registers per vector with
+// positions).
+constexpr int kSlabVectors = kBlockVectors;
+constexpr int kSlabIndexVectors = kBlockVectors * 3 / 4;
 
 // One contiguous row of R elements (Q == 1): kLanes interleaved running bests, then merged.
 template <typename K>
@@ -221,10 +355,7 @@ void ExtremeRow(const typename K::Elem* x, int64_t R, typename K::Elem* out, int
       VI k = lane;
       const int64_t end = R - R % kLanes;
       for (r = kLanes; r < end; r += kLanes) {
-        typename K::V v = K::VLoad(x + r);
-        VI t = K::VTake(v, m);
-        m = t ? v : m;
-        k = t ? lane + static_cast<int32_t>(r) : k;
+        Step<K, true>(K::VLoad(x + r), m, k, lane + static_cast<int32_t>(r));
       }
       // Each lane holds its own first winner; the row's is the best key, earliest on ties.
       best = m[0];
@@ -262,6 +393,20 @@ void Extreme(ffi::ThreadPool& pool, const void* xv, void* ov, int32_t* idx, int6
     });
     return;
   }
+  constexpr int kMaxSlab = kIndex || !K::kExact ? kSlabIndexVectors : kSlabVectors;
+  if constexpr (K::kVector) {
+    if (Q % kLanes == 0 && Q / kLanes <= kMaxSlab) {
+      ParallelFor(pool, P, P * R * Q, [&](int64_t b, int64_t e) {
+        WithVectors<kMaxSlab>(static_cast<int>(Q / kLanes), [&](auto n) {
+          for (int64_t p = b; p < e; ++p) {
+            ExtremeSlab<K, kIndex, decltype(n)::value>(x + p * R * Q, out + p * Q,
+                                                        kIndex ? idx + p * Q : nullptr, R);
+          }
+        });
+      });
+      return;
+    }
+  }
   int64_t blocks = (Q + kColumns - 1) / kColumns;
   ParallelFor(pool, P * blocks, P * R * Q, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -290,7 +435,7 @@ ffi::Error Dispatch(ffi::ThreadPool& pool, ffi::AnyBuffer x, void* out, int32_t*
       Extreme<FloatKey<double, kLargest>, kIndex>(pool, xv, out, idx, P, R, Q);
       break;
     case ffi::DataType::BF16:
-      Extreme<HalfKey<0x7f80, kLargest>, kIndex>(pool, xv, out, idx, P, R, Q);
+      Extreme<Bf16Key<kLargest>, kIndex>(pool, xv, out, idx, P, R, Q);
       break;
     case ffi::DataType::F16:
       Extreme<HalfKey<0x7c00, kLargest>, kIndex>(pool, xv, out, idx, P, R, Q);
@@ -320,23 +465,6 @@ ffi::Error ExtremeIndexImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
 // Global sum over axis R of (P, R, Q), accumulated in float32 (float32 or bfloat16 input),
 // divided by `divisor` (the mean; 1 for the sum).
 // ---------------------------------------------------------------------------------------------
-
-// Element loads widened to float32: 16 lanes, or one.
-inline VF LoadF(const float* p) { return VLoadRaw<VF>(p); }
-inline float LoadF1(const float* p) { return *p; }
-typedef uint32_t VU __attribute__((vector_size(64)));
-inline VF LoadF(const uint16_t* p) {  // bfloat16: its bits are a float32's upper half
-  VU e = __builtin_convertvector(VLoadRaw<VH>(p), VU) << 16;
-  VF f;
-  std::memcpy(&f, &e, sizeof(f));
-  return f;
-}
-inline float LoadF1(const uint16_t* p) {
-  uint32_t e = static_cast<uint32_t>(*p) << 16;
-  float f;
-  std::memcpy(&f, &e, sizeof(f));
-  return f;
-}
 
 // Column sums of a (rows, Q) slab, rows read in order (sequential streams; reading a few rows
 // interleaved ran markedly slower on large inputs): each group of kSumRows rows is summed in
@@ -716,26 +844,6 @@ inline void StoreWin(W* p, VI v) {
 #endif
   } else {
     VStore(p, v);
-  }
-}
-
-// Columns are processed in blocks of up to kBlockVectors vectors whose accumulators stay in
-// registers across all the terms (accumulators in memory put a store-to-load forwarding delay
-// on every term, and per-term loop overhead dominated when blocks were narrow).
-#if defined(__AVX512F__)
-constexpr int kBlockVectors = 16;
-#else
-constexpr int kBlockVectors = 4;
-#endif
-// A select keeps two registers per vector (the extreme and its tap).
-constexpr int kSelectVectors = kBlockVectors / 2;
-
-// f(std::integral_constant<int, nv>()) for 1 <= nv <= kMax: a block width known at compile time.
-template <int kMax, int N = kMax, typename F>
-inline void WithVectors(int nv, const F& f) {
-  if constexpr (N >= 1) {
-    if (nv == N) return f(std::integral_constant<int, N>());
-    WithVectors<kMax, N - 1>(nv, f);
   }
 }
 

@@ -29,8 +29,9 @@ DTYPES = [np.float32, np.float64, jnp.bfloat16, np.float16]
 UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 # (P, R, Q): Q == 1 rows shorter than 32 (no lanes), with lanes and a remainder; Q < 16 (scalar
-# columns), Q = 16 k and 16 k + r (vector body and tail), Q > 512 (two column blocks); the
-# last two exceed 65536 elements (the thread pool).
+# columns); Q = 16 k up to 256 (whole rows in registers, with AVX-512: 12 vectors with
+# positions, 16 without; fewer without AVX-512) and 16 k + r (running bests in L1: vector body
+# and tail); Q > 2048 (two column blocks); the last two exceed 65536 elements (the thread pool).
 SHAPES = [
     (3, 1, 1),
     (5, 31, 1),
@@ -38,8 +39,10 @@ SHAPES = [
     (7, 101, 1),
     (4, 9, 3),
     (3, 40, 16),
+    (5, 21, 192),
+    (3, 20, 256),
     (2, 33, 37),
-    (2, 7, 600),
+    (2, 7, 2100),
     (9, 300, 40),
     (70, 1100, 1),
 ]
