@@ -9,11 +9,11 @@ silently drops NaN (``jnp.max`` on CPU returns a finite value, depending on wher
 formulations below fix both. The choice is made per call from the static shape, and per platform
 at lowering time (``lax.platform_dependent``), so a program lowered for GPU never sees them.
 
-Sums and means of float32 and bfloat16 arrays on CPU go to the native sum kernel of ``_native``
-when it is built: rows read in order (sequential streams), column totals kept in L1, bfloat16
-widened to float32 on the fly, the mean's division done in the kernel; contiguous rows shorter
-than 257 elements keep the matrix-vector product below, which handles them faster. The XLA
-formulations below are the fallback.
+Channels-last sums and means of float32 and bfloat16 arrays on CPU go to the native sum kernel
+of ``_native`` when it is built: rows read in order (sequential streams), column totals kept in
+L1, bfloat16 widened to float32 on the fly, the mean's division done in the kernel. Contiguous
+rows (channels first) keep the formulations below, which read them as fast; the XLA
+formulations are also the fallback.
 
 Max and min of float arrays on CPU go to the native kernel of ``_native`` when it is built
 (``-march=native`` C++ through XLA's FFI): one pass over x gives the extreme and, when
@@ -191,12 +191,13 @@ def _batched_dot_sum(x3: jax.Array, P: int, R: int, Q: int) -> jax.Array:
 
 def _native_sum_ok(x: jax.Array, axes: tuple[int, ...]) -> bool:
     """Whether x's CPU sum goes to the native kernel (decided at trace time): float32 or
-    bfloat16 that collapses to (P, R, Q) with Q > 1 (channels last) or rows longer than
-    _GEMV_MAX_LENGTH (shorter contiguous rows: the matrix-vector product is faster)."""
+    bfloat16 that collapses to (P, R, Q) with Q > 1 (channels last). Contiguous rows (Q == 1)
+    stay with YNNPACK's reduce or the matrix-vector product, which read them as fast or faster
+    (the kernel's contiguous path serves direct calls)."""
     prq = _fast_path(x, axes)
     if prq is None or not _native.sums(x.dtype) or not _native.available():
         return False
-    return prq[2] > 1 or prq[1] > _GEMV_MAX_LENGTH
+    return prq[2] > 1
 
 
 def _sum_plan(x: jax.Array, axes: tuple[int, ...]) -> str:
@@ -266,11 +267,11 @@ def _sum_jvp(axes, divisor, primals, tangents):
 def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     """``jnp.sum(x, axis=axes)``, accumulated in float32 for 16-bit floats (returned as float32).
 
-    On CPU, float32 and bfloat16 sums go to the native kernel of ``_native`` (rows read in
-    order, column totals kept in L1; at memory bandwidth), or without it, float32 sums run as a
-    batched matrix-vector product with a ones vector (channels last, one batch >= 40K elements:
-    up to 2x faster than ``jnp.sum``) or as ``x @ ones`` (channels first, rows <= 256; also
-    with the native kernel); see the module docstring for the measurements. A custom JVP keeps
+    On CPU, channels-last float32 and bfloat16 sums go to the native kernel of ``_native`` (rows
+    read in order, column totals kept in L1), or without it, float32 sums run as a batched
+    matrix-vector product with a ones vector (one batch >= 40K elements: up to 2x faster than
+    ``jnp.sum``); channels-first rows of <= 256 elements as ``x @ ones``; see the module
+    docstring for the measurements. A custom JVP keeps
     the gradient a plain broadcast (custom_jvp: forward mode works too).
     """
     x = jnp.asarray(x)

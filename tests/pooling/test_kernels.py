@@ -99,10 +99,11 @@ def test_cases_reach_the_formulation_they_name(formulation):
     assert {n for n, p in plans.items() if p == "gemv"} == {"cf_gemv"}
     assert plans["tiny"] == plans["noncontig"] == "plain"
     if formulation == "native" and _native.available():
-        # Channels last, and contiguous rows longer than 256 (cf_few: 437).
+        # Channels last; contiguous rows (channels first) stay with XLA.
         native = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd", "cl_small", "1d_cl", "3d_cl"}
-        native |= {"unbatched", "size1_inside", "cf_few"}
+        native |= {"unbatched", "size1_inside"}
         assert {n for n, p in plans.items() if p == "native"} == native
+        assert plans["cf_few"] == "plain"
     else:
         dot = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
         assert {n for n, p in plans.items() if p == "dot"} == dot
