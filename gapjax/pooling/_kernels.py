@@ -64,7 +64,9 @@ than the max tree.) Forward+backward, ms, same run, glibc tuned as in README (no
 35.0 and 13.9. PyTorch finds the max and its index in one pass, which XLA:CPU cannot fuse (it
 splits the sibling outputs into two loops reading x); ``jax.vjp`` of ``jnp.max`` is 2-3x slower
 again. Forward mode works (custom_jvp, not custom_vjp), and so does every order: the rule calls
-``_max`` itself.
+``_max`` itself. For channels-last float32 on CPU the tangents (the mean's, and the max's at
+its index) are ``_native.window_map`` gathers over one window covering the pooled positions, so
+the backward passes are its native scatter: one write of dx, on huge pages where dx is large.
 """
 
 import functools
@@ -257,11 +259,21 @@ def _sum(x: jax.Array, axes: tuple[int, ...], divisor: int) -> jax.Array:
     return _platform_sum(x, axes, divisor)
 
 
+def _sum_tangent(t: jax.Array, axes: tuple[int, ...], divisor: int) -> jax.Array:
+    """The sum (or mean) of the tangent: the native window gather, whose transpose is the native
+    broadcast of g / divisor, or a plain reduction, whose transpose is a broadcast too (not a
+    dot)."""
+    if _native_window_ok(t, axes):
+        P, R, Q = _collapse(t.shape, axes)
+        out = _native.window_map(t.reshape(P, R, Q), None, _global_window(R, divisor))
+        return out.reshape(_out_shape(t.shape, axes))
+    return _plain_mean(t, axes, divisor)
+
+
 @_sum.defjvp
 def _sum_jvp(axes, divisor, primals, tangents):
     (x,), (t,) = primals, tangents
-    # The tangent is a plain reduction: its transpose is a broadcast (not a dot).
-    return _sum(x, axes, divisor), _plain_mean(t, axes, divisor)
+    return _sum(x, axes, divisor), _sum_tangent(t, axes, divisor)
 
 
 def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
@@ -492,10 +504,49 @@ def _cpu_argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return lax.cond(jnp.any(jnp.isnan(m)), _first_max_or_nan, fast, x3, m)
 
 
+@functools.lru_cache(maxsize=64)
+def _global_window(R: int, divisor: int = 1) -> "_native.WindowMap":
+    """One window over all R rows of (..., R, Q), its taps the rows in order, its sum divided by
+    ``divisor``: with winners (the max's ``index``) its gather is ``_at_index``, without them
+    the sum or mean; its scatter is their backward pass (a broadcast of g / divisor, or g
+    written at the winner)."""
+
+    def gather(t, win):
+        if win is not None:
+            hit = lax.broadcasted_iota(jnp.int32, t.shape, t.ndim - 2) == win
+            t = jnp.where(hit, t, jnp.zeros((), t.dtype))
+        return _divide(jnp.sum(t, axis=-2, keepdims=True), divisor)
+
+    def scatter(g, win):
+        shape = (*g.shape[:-2], R, g.shape[-1])
+        g = _divide(g, divisor)
+        if win is None:
+            return jnp.broadcast_to(g, shape)
+        hit = lax.broadcasted_iota(jnp.int32, shape, g.ndim - 2) == win
+        return jnp.where(hit, g, jnp.zeros((), g.dtype))
+
+    geometry = np.concatenate([[1, R, 1, R], np.arange(R)]).astype(np.int64)
+    scale = None if divisor == 1 else np.full(1, 1.0 / divisor, np.float32)
+    return _native.WindowMap(geometry, R, 1, scale, gather, scatter)
+
+
+def _native_window_ok(t: jax.Array, axes: tuple[int, ...]) -> bool:
+    """Whether the derivatives of t's reductions use the native window passes: channels-last
+    float32 on CPU (their backward passes write dx natively, on huge pages where it is large)."""
+    prq = _fast_path(t, axes)
+    return prq is not None and prq[2] > 1 and t.dtype == jnp.float32 and _native.linear_available()
+
+
 def _at_index(t: jax.Array, index: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """``t`` at the flat pooled position ``index``: a one-hot sum over the pooled axes, linear in
     t, whose transpose (the backward pass) writes ``where(position == index, g, 0)``: one write
-    of dx, reading neither x nor t."""
+    of dx, reading neither x nor t. Channels-last float32 on CPU uses the native window passes
+    (``_native.window_map`` with one window over the pooled positions): its backward pass
+    writes dx in one native pass (on huge pages where the output is large)."""
+    if _native_window_ok(t, axes):
+        P, R, Q = _collapse(t.shape, axes)
+        win = index.reshape(P, 1, Q).astype(jnp.int32)
+        return _native.window_map(t.reshape(P, R, Q), win, _global_window(R)).reshape(index.shape)
     t3 = _view(t, axes)
     one_hot = lax.broadcasted_iota(jnp.int32, t3.shape, 1) == jnp.expand_dims(
         index.reshape(t3.shape[:1] + t3.shape[2:]), 1

@@ -7,6 +7,10 @@ the contiguous axis, on XLA's own intra-op thread pool, and are called as XLA cu
 (``jax.ffi.ffi_call``), so they compose with ``jit``, ``vmap`` and the custom derivative rules of
 ``_kernels``.
 
+Kernels that write an output of 8 MB or more first advise its pages as transparent huge pages
+(``madvise``, Linux): XLA's large output buffers are fresh memory, and faulting them in 4 KB
+pages cost more than the kernels themselves.
+
 The source is compiled the first time a CPU computation needs it, with the system C++ compiler
 (``$CXX``, else ``c++``; ``-O3 -march=native``) against the FFI headers that jaxlib ships, and the
 library is cached under ``$GAPJAX_CACHE_DIR`` (default ``~/.cache/gapjax``), keyed by the

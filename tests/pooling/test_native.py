@@ -493,3 +493,56 @@ def test_max_pool_second_order_and_vmap_through_the_native_passes():
         xla = jax.jit(run)(x)
     for key in native:
         np.testing.assert_allclose(native[key], xla[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("fn", [gapjax.global_avg_pool, gapjax.global_max_pool])
+def test_global_pool_derivatives_use_the_native_window_passes(fn):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(np.round(rng.standard_normal((3, 10, 12, 40)) * 2), jnp.float32)  # ties
+    v = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def loss(x):
+        return jnp.sum(jnp.sin(fn(x)) * jnp.arange(1.0, 41.0))
+
+    def run():
+        grad = jax.jit(jax.grad(loss))
+        return (
+            grad(x),
+            jax.jvp(fn, (x,), (v,))[1],
+            jax.jvp(grad, (x,), (v,))[1],  # Hessian-vector product
+            jax.vmap(jax.grad(lambda xi: loss(xi[None])))(x),  # per-example gradients
+        )
+
+    assert "gapjax_window_scatter" in jax.jit(jax.grad(loss)).lower(x).as_text()
+    native = run()
+    with _native.disabled():
+        assert "gapjax_window" not in jax.jit(jax.grad(loss)).lower(x).as_text()
+        xla = run()
+    for a, b in zip(native, xla, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if fn is gapjax.global_max_pool:  # the whole cotangent at the first maximum
+        g = np.asarray(native[0]).reshape(3, 120, 40)
+        first = np.asarray(x).reshape(3, 120, 40).argmax(axis=1)
+        assert (np.count_nonzero(g, axis=1) <= 1).all()
+        hit = np.take_along_axis(g, first[:, None], 1)[:, 0]
+        np.testing.assert_array_equal(hit != 0, np.abs(g).sum(axis=1) != 0)
+
+
+def test_large_outputs_are_written_whole():
+    # Outputs of >= 8 MB are advised as huge pages before the kernels write them (Linux): the
+    # whole buffer, its unaligned ends included, must still be written.
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((2, 130, 128, 64)), jnp.float32)
+
+    def run():
+        def f(x):
+            return gapjax.avg_pool(x, 3, stride=1, padding=1)
+
+        y, vjp = jax.vjp(f, x)
+        return y, vjp(jnp.ones_like(y))[0], jax.grad(lambda x: gapjax.global_max_pool(x).sum())(x)
+
+    native = run()
+    assert native[0].nbytes >= 8 << 20
+    with _native.disabled():
+        xla = run()
+    for a, b in zip(native, xla, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
