@@ -525,6 +525,27 @@ void SumColumns(const E* x, int64_t n, int64_t Q, int64_t w, float* total) {
   }
 }
 
+// SumColumns for rows of exactly NV vectors (w = Q = NV kLanes): each group's partial sums in
+// registers, no L1 round trip per element.
+template <int NV, typename E>
+void SumSlab(const E* x, int64_t n, float* total) {
+  constexpr int64_t Q = NV * kLanes;
+  for (int64_t r0 = 0; r0 < n; r0 += kSumRows) {
+    const int64_t r1 = std::min(n, r0 + kSumRows);
+    VF part[NV];
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) part[u] = LoadF(x + r0 * Q + u * kLanes);
+    for (int64_t r = r0 + 1; r < r1; ++r) {
+#pragma GCC unroll 16
+      for (int u = 0; u < NV; ++u) part[u] += LoadF(x + r * Q + u * kLanes);
+    }
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) {
+      VStore(total + u * kLanes, r0 == 0 ? part[u] : VLoadRaw<VF>(total + u * kLanes) + part[u]);
+    }
+  }
+}
+
 // The 16 lanes of a added pairwise by halves (shuffles: indexing the lanes went through memory).
 inline float HorizontalSum(VF a) {
   typedef float V8 __attribute__((vector_size(32)));
@@ -584,6 +605,9 @@ void Sum(ffi::ThreadPool& pool, const E* x, float* out, int64_t P, int64_t R, in
       const E* xs = x + (p * R + r0) * Q + q0;
       if (Q == 1) {
         total[0] = SumContiguous(xs, r1 - r0);
+      } else if (Q % kLanes == 0 && Q / kLanes <= kSlabVectors) {
+        WithVectors<kSlabVectors>(static_cast<int>(Q / kLanes),
+                                  [&](auto n) { SumSlab<decltype(n)::value>(xs, r1 - r0, total); });
       } else {
         SumColumns(xs, r1 - r0, Q, w, total);
       }

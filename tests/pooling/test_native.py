@@ -109,8 +109,9 @@ def test_vmap_and_leading_batch_axes():
 
 # (P, R, Q) for the sum kernel: contiguous rows (Q == 1) shorter than one vector, with the 4 x 16
 # lanes and a remainder, on the thread pool, and split across threads (P = 1); columns with a
-# scalar tail (Q < 16, 37), row counts that leave a partial group of 16, two and three column
-# pieces of 2048, the thread pool, and rows split across threads with a partial per thread.
+# scalar tail (Q < 16, 37), whole rows in registers (Q = 16 k <= 256, fewer without AVX-512),
+# row counts that leave a partial group of 16, two and three column pieces of 2048, the thread
+# pool, and rows split across threads with a partial per thread.
 SUM_SHAPES = [
     (3, 1, 1),
     (5, 13, 1),
@@ -119,6 +120,7 @@ SUM_SHAPES = [
     (1, 70001, 1),
     (4, 9, 3),
     (3, 40, 16),
+    (4, 50, 192),
     (2, 33, 37),
     (2, 17, 2100),
     (2, 5, 4200),
