@@ -1076,6 +1076,119 @@ ffi::Error SelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// Gather without winners, by input lines: the windows' sums accumulated line by line of the
+// last pooled axis, so that x is read in order (a line is the L_last cells of one position of
+// the other pooled axes). The outputs of one position of the other axes (times Q) are a line's
+// worth of running sums, kept in L1 (kLineFloats at most: wider lines are split in tiles of
+// outputs). Each window still adds its taps in row-major tap order from 0, as the term-table
+// path: the same sums, bit for bit. Reading the taps of each window at once instead (several
+// lines interleaved) ran slower on large windows.
+constexpr int64_t kLineFloats = 4096;
+// Windows of more taps than this are gathered by lines; smaller ones (which overlap more, e.g.
+// 3x3 stride 1, where a line would be read and its sums stored once per tap row) by terms.
+constexpr int64_t kLineMinTaps = 33;
+
+// acc[0, NV kLanes) += the columns at offsets cols[0, nc) of line (in order).
+template <int NV>
+inline void AddTaps(const float* line, const int64_t* cols, int64_t nc, float* acc) {
+  VF r[NV];
+#pragma GCC unroll 16
+  for (int u = 0; u < NV; ++u) r[u] = VLoadRaw<VF>(acc + u * kLanes);
+  for (int64_t c = 0; c < nc; ++c) {
+    const float* at = line + cols[c];
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) r[u] += VLoadRaw<VF>(at + u * kLanes);
+  }
+#pragma GCC unroll 16
+  for (int u = 0; u < NV; ++u) VStore(acc + u * kLanes, r[u]);
+}
+
+struct LinePlan {
+  int k = 0;
+  int64_t lines_out = 1;  // outputs over the other axes (product of O_a, a < k - 1)
+  int64_t O = 1, tile = 1, tiles = 1;  // outputs along the last axis, in tiles
+  // Per last-axis output: its valid taps' column offsets (cell * Q), CSR.
+  std::vector<int64_t> col_start, cols;
+  // Per other axis a and output i: its valid taps' cells, CSR.
+  std::vector<int64_t> cell_start[2], cells[2];
+};
+
+LinePlan MakeLinePlan(const Geometry& geo, int64_t Q) {
+  LinePlan lp;
+  lp.k = geo.k;
+  const int last = geo.k - 1;
+  lp.O = geo.O[last];
+  lp.tile = std::max<int64_t>(1, std::min(lp.O, kLineFloats / Q));
+  lp.tiles = (lp.O + lp.tile - 1) / lp.tile;
+  lp.col_start.push_back(0);
+  for (int64_t o = 0; o < lp.O; ++o) {
+    for (int64_t t = 0; t < geo.T[last]; ++t) {
+      const int64_t c = geo.src[last][o * geo.T[last] + t];
+      if (c >= 0) lp.cols.push_back(c * Q);
+    }
+    lp.col_start.push_back(static_cast<int64_t>(lp.cols.size()));
+  }
+  for (int a = 0; a < last; ++a) {
+    lp.lines_out *= geo.O[a];
+    lp.cell_start[a].push_back(0);
+    for (int64_t i = 0; i < geo.O[a]; ++i) {
+      for (int64_t t = 0; t < geo.T[a]; ++t) {
+        const int64_t c = geo.src[a][i * geo.T[a] + t];
+        if (c >= 0) lp.cells[a].push_back(c);
+      }
+      lp.cell_start[a].push_back(static_cast<int64_t>(lp.cells[a].size()));
+    }
+  }
+  return lp;
+}
+
+// One unit: slab p, outputs `line` over the other axes, tile t of the last axis' outputs.
+void GatherLines(const Geometry& geo, const LinePlan& lp, const float* slab, int64_t Q,
+                 int64_t line, int64_t t, const float* sc, float* out, float* acc) {
+  const int last = geo.k - 1;
+  const int64_t o0 = t * lp.tile, o1 = std::min(lp.O, o0 + lp.tile);
+  std::fill(acc, acc + (o1 - o0) * Q, 0.0f);
+  // The cells of the other axes (at most two) read by output `line`, row-major.
+  int64_t i[2] = {0, 0};
+  if (last == 2) {
+    i[0] = line / geo.O[1];
+    i[1] = line % geo.O[1];
+  } else if (last == 1) {
+    i[0] = line;
+  }
+  const int64_t* c0 = lp.cells[0].data() + (last > 0 ? lp.cell_start[0][i[0]] : 0);
+  const int64_t n0 = last > 0 ? lp.cell_start[0][i[0] + 1] - lp.cell_start[0][i[0]] : 1;
+  const int64_t* c1 = lp.cells[1].data() + (last > 1 ? lp.cell_start[1][i[1]] : 0);
+  const int64_t n1 = last > 1 ? lp.cell_start[1][i[1] + 1] - lp.cell_start[1][i[1]] : 1;
+  const int64_t L1 = last > 1 ? geo.L[1] : 1;
+  for (int64_t a = 0; a < n0; ++a) {
+    for (int64_t b = 0; b < n1; ++b) {
+      const int64_t cell = (last > 0 ? c0[a] : 0) * L1 + (last > 1 ? c1[b] : 0);
+      const float* src = slab + cell * geo.L[last] * Q;
+      for (int64_t o = o0; o < o1; ++o) {
+        const int64_t* cols = lp.cols.data() + lp.col_start[o];
+        const int64_t nc = lp.col_start[o + 1] - lp.col_start[o];
+        float* ao = acc + (o - o0) * Q;
+        const int64_t q0 = ForBlocks<kBlockVectors>(Q, [&](auto n, int64_t q) {
+          AddTaps<decltype(n)::value>(src + q, cols, nc, ao + q);
+        });
+        for (int64_t j = q0; j < Q; ++j) {
+          float v = ao[j];
+          for (int64_t c = 0; c < nc; ++c) v += src[cols[c] + j];
+          ao[j] = v;
+        }
+      }
+    }
+  }
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t r = line * lp.O + o;
+    const float f = sc ? sc[r] : 1.0f;
+    const float* ao = acc + (o - o0) * Q;
+    float* dst = out + r * Q;
+    for (int64_t j = 0; j < Q; ++j) dst[j] = ao[j] * f;
+  }
+}
+
 // Gather: in (P, S, Q) -> out (P, O, Q), every window's sum of its taps in row-major tap order,
 // starting from 0 (the XLA formulation's order), only the tap win[o] with winners, times
 // scale[o] where given. Scatter, its transpose: in (P, O, Q) -> out (P, S, Q).
@@ -1109,6 +1222,20 @@ ffi::Error WindowLinear(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> in, const v
   auto fill = [&](const int64_t* at, Term* t) {
     return kScatter ? ScatterTerms(geo, *rd, at, Q, sc, t) : GatherTerms(geo, at, Q, t);
   };
+  if constexpr (!kScatter && std::is_void_v<W>) {
+    if (geo.taps >= kLineMinTaps) {
+      const LinePlan lp = MakeLinePlan(geo, Q);
+      const int64_t units = lp.lines_out * lp.tiles;
+      ParallelFor(pool, P * units, P * (A + B) * Q, [&](int64_t b, int64_t e) {
+        std::vector<float> acc(lp.tile * Q);
+        for (int64_t u = b; u < e; ++u) {
+          const int64_t p = u / units, line = (u % units) / lp.tiles, t = u % lp.tiles;
+          GatherLines(geo, lp, ip + p * A * Q, Q, line, t, sc, op + p * B * Q, acc.data());
+        }
+      });
+      return ffi::Error::Success();
+    }
+  }
   const TermTable table = MakeTable(B, geo.k, rowdims, most, fill);
   ParallelFor(pool, P * B, P * (A + B) * Q, [&](int64_t b, int64_t e) {
     std::vector<Term> terms(table.empty() ? most : 0);

@@ -480,22 +480,16 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
     """Sum over every window (padding reads 0), stage by stage, times ``scale`` (a constant
     broadcasting against the output, e.g. the reciprocal divisors of average pooling).
 
-    On CPU, float32 channels last, a one-stage plan is one native pass (``_native.window_map``,
-    ``scale`` included; its transpose is the backward pass), and the tangent of a multi-stage
-    plan (large windows) is a native pass per stage; its value stays XLA's (axis by axis, XLA's
-    fused loops stream x faster than the native window kernel does there). Otherwise the value
-    is assembled region by region (``Stage.assemble``); the tangent is ``_linear_taps``, whose
-    transpose (the backward pass) is ``_scatter_back``. Transposing the assembled form instead
+    On CPU, float32 channels last, the plan is one native pass over all its axes
+    (``_native.window_map``, ``scale`` included; its transpose is the backward pass; large
+    windows are gathered line by line, reading x in order). Otherwise the value is assembled
+    region by region (``Stage.assemble``); the tangent is ``_linear_taps``, whose transpose
+    (the backward pass) is ``_scatter_back``. Transposing the assembled form instead
     would add one full-size padded array per tap and region.
     """
-    native = _native_plan_ok(plan, x)
-    if native and len(plan) == 1:
-        return _native_linear(plan[0], x, scale=scale)
-
-    def native_tangent(t):
-        for stage in plan:
-            t = _native_linear(stage, t)
-        return t if scale is None else t * jnp.asarray(scale, t.dtype)
+    merged = plan[0] if len(plan) == 1 else _merged(plan)
+    if _native_ok(merged, x, linear=True):
+        return _native_linear(merged, x, scale=scale)
 
     @jax.custom_jvp
     def total(v):
@@ -506,8 +500,6 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
     @total.defjvp
     def total_jvp(primals, tangents):
         t = tangents[0]
-        if native:
-            return total(primals[0]), native_tangent(t)
         for stage in plan:
             t = _linear_taps(stage, t, None)
         return total(primals[0]), t if scale is None else t * jnp.asarray(scale, t.dtype)
@@ -515,14 +507,10 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
     return total(x)
 
 
-def _native_plan_ok(plan: list[Stage], x: jax.Array) -> bool:
-    """Whether every stage of a window sum runs natively (the shape after each stage decides)."""
-    shape = x.shape
-    for stage in plan:
-        if not _native_ok(stage, jax.ShapeDtypeStruct(shape, x.dtype), linear=True):
-            return False
-        shape = stage.out_shape(shape)
-    return True
+def _merged(plan: list[Stage]) -> Stage:
+    """The stages of a plan as one stage over all their axes (in axis order)."""
+    pairs = sorted((a, w) for st in plan for a, w in zip(st.axes, st.windows, strict=True))
+    return Stage(tuple(a for a, _ in pairs), tuple(w for _, w in pairs))
 
 
 # --------------------------------------------------------------------------------------------

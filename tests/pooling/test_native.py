@@ -249,7 +249,11 @@ WINDOW_CASES = [  # (function, shape (channels last unless said), kwargs)
     (gapjax.min_pool, (2, 10, 9, 33), {"kernel_size": (3, 2), "padding": 1, "dilation": 2}),
     (gapjax.max_pool, (2, 12, 40), {"kernel_size": 4, "stride": 3, "padding": 2}),  # 1-D
     (gapjax.max_pool, (1, 5, 6, 7, 17), {"kernel_size": 2, "stride": 1, "padding": 1}),  # 3-D
-    (gapjax.max_pool, (2, 14, 13, 24), {"kernel_size": 7, "stride": 2, "padding": 3}),  # stages
+    (
+        gapjax.max_pool,
+        (2, 14, 13, 24),
+        {"kernel_size": 7, "stride": 2, "padding": 3},
+    ),  # 49 taps: lines
     (gapjax.max_pool, (2, 9, 24, 10), {"kernel_size": 3, "data_format": "channels_first"}),
     (gapjax.adaptive_max_pool, (2, 10, 7, 18), {"output_size": (4, 5)}),
 ]
@@ -345,6 +349,16 @@ LINEAR_CASES = [
         17,
     ),  # 3-D
     ((40, 40, 40), [(40, np.arange(40) - 1, [3] * 40, 1)] * 3, 16),  # > 2^20 terms: no table
+    # >= 33 taps: gathered by lines. Padded at both ends; adaptive and overlapping; 3-D;
+    # lines of 30 x 200 values (two tiles of running sums).
+    ((90,), [(3, [-5, 25, 55], [40] * 3, 1)], 37),
+    ((13, 11), [(2, [0, 6], [7, 7], 1), (2, [0, 5], [6, 6], 1)], 16),
+    (
+        (6, 7, 8),
+        [(2, [-1, 2], [4, 4], 1), (3, [-1, 2, 4], [3] * 3, 1), (3, [0, 3, 5], [3] * 3, 1)],
+        17,
+    ),
+    ((6, 240), [(1, [0], [6], 1), (30, np.arange(30) * 8, [8] * 30, 1)], 200),
 ]
 
 
@@ -435,10 +449,14 @@ SUM_CASES = [
     (gapjax.avg_pool, (2, 8, 8, 20), {"kernel_size": 2, "divisor_override": 3}),
     (gapjax.avg_pool, (2, 9, 11, 20), {"kernel_size": 3, "padding": "same"}),  # Keras
     (gapjax.avg_pool, (1, 5, 6, 7, 17), {"kernel_size": 2, "stride": 1, "padding": 1}),  # 3-D
-    (gapjax.avg_pool, (2, 14, 13, 24), {"kernel_size": 7, "stride": 2, "padding": 3}),  # stages
+    (
+        gapjax.avg_pool,
+        (2, 14, 13, 24),
+        {"kernel_size": 7, "stride": 2, "padding": 3},
+    ),  # 49 taps: lines
     (gapjax.lp_pool, (2, 9, 11, 24), {"p": 2.0, "kernel_size": 3, "stride": 2}),
     (gapjax.adaptive_avg_pool, (2, 10, 7, 18), {"output_size": (4, 5)}),
-    (gapjax.adaptive_avg_pool, (2, 24, 24, 16), {"output_size": 3}),  # 8 x 8: two stages
+    (gapjax.adaptive_avg_pool, (2, 24, 24, 16), {"output_size": 3}),  # 8 x 8: lines
 ]
 
 
