@@ -64,7 +64,7 @@ than the max tree.) Forward+backward, ms, same run, glibc tuned as in README (no
 35.0 and 13.9. PyTorch finds the max and its index in one pass, which XLA:CPU cannot fuse (it
 splits the sibling outputs into two loops reading x); ``jax.vjp`` of ``jnp.max`` is 2-3x slower
 again. Forward mode works (custom_jvp, not custom_vjp), and so does every order: the rule calls
-``_max`` itself. For channels-last float32 on CPU the tangents (the mean's, and the max's at
+``_max`` itself. For float32 on CPU the tangents (the mean's, and the max's at
 its index) are ``_native.window_map`` gathers over one window covering the pooled positions, so
 the backward passes are its native scatter: one write of dx, on huge pages where dx is large.
 """
@@ -531,16 +531,22 @@ def _global_window(R: int, divisor: int = 1) -> "_native.WindowMap":
 
 
 def _native_window_ok(t: jax.Array, axes: tuple[int, ...]) -> bool:
-    """Whether the derivatives of t's reductions use the native window passes: channels-last
-    float32 on CPU (their backward passes write dx natively, on huge pages where it is large)."""
+    """Whether the derivatives of t's reductions use the native window passes: float32 on CPU,
+    channels last (>= 16 channels) or contiguous rows (their backward passes write dx natively,
+    on huge pages where it is large)."""
     prq = _fast_path(t, axes)
-    return prq is not None and prq[2] > 1 and t.dtype == jnp.float32 and _native.linear_available()
+    return (
+        prq is not None
+        and (prq[2] == 1 or prq[2] >= 16)
+        and t.dtype == jnp.float32
+        and _native.linear_available()
+    )
 
 
 def _at_index(t: jax.Array, index: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """``t`` at the flat pooled position ``index``: a one-hot sum over the pooled axes, linear in
     t, whose transpose (the backward pass) writes ``where(position == index, g, 0)``: one write
-    of dx, reading neither x nor t. Channels-last float32 on CPU uses the native window passes
+    of dx, reading neither x nor t. Float32 on CPU uses the native window passes
     (``_native.window_map`` with one window over the pooled positions): its backward pass
     writes dx in one native pass (on huge pages where the output is large)."""
     if _native_window_ok(t, axes):

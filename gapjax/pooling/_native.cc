@@ -1192,6 +1192,49 @@ void GatherLines(const Geometry& geo, const LinePlan& lp, const float* slab, int
 // Gather: in (P, S, Q) -> out (P, O, Q), every window's sum of its taps in row-major tap order,
 // starting from 0 (the XLA formulation's order), only the tap win[o] with winners, times
 // scale[o] where given. Scatter, its transpose: in (P, O, Q) -> out (P, S, Q).
+// Whether the geometry is one window over all cells of one axis, its taps the cells in order
+// (global pooling).
+bool IsGlobal(const Geometry& geo) {
+  if (geo.k != 1 || geo.O[0] != 1 || geo.T[0] != geo.L[0]) return false;
+  for (int64_t t = 0; t < geo.T[0]; ++t) {
+    if (geo.src[0][t] != t) return false;
+  }
+  return true;
+}
+
+// WindowLinear of a global window over contiguous rows (Q == 1: global pooling, channels
+// first), where the generic paths would handle one value per row: the same values, bit for bit
+// (sums from 0 in order; 0 + g scale written).
+template <bool kScatter, typename W>
+void GlobalRows(ffi::ThreadPool& pool, const float* ip, const W* wp, float* op, int64_t P,
+                int64_t S, float f) {
+  ParallelFor(pool, P, P * S, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      int64_t w = -1;
+      if constexpr (!std::is_void_v<W>) w = static_cast<int64_t>(wp[p]);
+      if constexpr (kScatter) {
+        float* dst = op + p * S;
+        const float g = 0.0f + ip[p] * f;
+        if constexpr (std::is_void_v<W>) {
+          std::fill(dst, dst + S, g);
+        } else {
+          std::fill(dst, dst + S, 0.0f);
+          if (w >= 0 && w < S) dst[w] = g;
+        }
+      } else {
+        const float* src = ip + p * S;
+        float acc = 0.0f;
+        if constexpr (std::is_void_v<W>) {
+          for (int64_t r = 0; r < S; ++r) acc += src[r];
+        } else if (w >= 0 && w < S) {
+          acc += src[w];
+        }
+        op[p] = acc * f;
+      }
+    }
+  });
+}
+
 template <bool kScatter, typename W>
 ffi::Error WindowLinear(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> in, const void* win,
                         ffi::Result<ffi::Buffer<ffi::F32>> out,
@@ -1215,6 +1258,10 @@ ffi::Error WindowLinear(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32> in, const v
   float* op = out->typed_data();
   AdviseHuge(op, out->size_bytes());
   const W* wp = static_cast<const W*>(win);
+  if (Q == 1 && IsGlobal(geo)) {
+    GlobalRows<kScatter, W>(pool, ip, wp, op, P, geo.size, sc ? sc[0] : 1.0f);
+    return ffi::Error::Success();
+  }
   std::unique_ptr<Readers> rd;
   if (kScatter) rd = std::make_unique<Readers>(geo);
   const int64_t most = kScatter ? rd->most : geo.taps;

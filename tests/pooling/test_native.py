@@ -359,6 +359,8 @@ LINEAR_CASES = [
         17,
     ),
     ((6, 240), [(1, [0], [6], 1), (30, np.arange(30) * 8, [8] * 30, 1)], 200),
+    # One window over contiguous rows (global pooling, channels first): its own loops.
+    ((70,), [(1, [0], [70], 1)], 1),
 ]
 
 
@@ -515,11 +517,17 @@ def test_max_pool_second_order_and_vmap_through_the_native_passes():
         np.testing.assert_allclose(native[key], xla[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("fn", [gapjax.global_avg_pool, gapjax.global_max_pool])
-def test_global_pool_derivatives_use_the_native_window_passes(fn):
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("pool", [gapjax.global_avg_pool, gapjax.global_max_pool])
+def test_global_pool_derivatives_use_the_native_window_passes(pool, data_format):
     rng = np.random.default_rng(5)
     x = jnp.asarray(np.round(rng.standard_normal((3, 10, 12, 40)) * 2), jnp.float32)  # ties
+    if data_format == "channels_first":
+        x = jnp.transpose(x, (0, 3, 1, 2))
     v = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+    def fn(x):
+        return pool(x, data_format=data_format)
 
     def loss(x):
         return jnp.sum(jnp.sin(fn(x)) * jnp.arange(1.0, 41.0))
@@ -540,9 +548,12 @@ def test_global_pool_derivatives_use_the_native_window_passes(fn):
         xla = run()
     for a, b in zip(native, xla, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    if fn is gapjax.global_max_pool:  # the whole cotangent at the first maximum
-        g = np.asarray(native[0]).reshape(3, 120, 40)
-        first = np.asarray(x).reshape(3, 120, 40).argmax(axis=1)
+    if pool is gapjax.global_max_pool:  # the whole cotangent at the first maximum
+        g, xs = np.asarray(native[0]), np.asarray(x)
+        if data_format == "channels_first":
+            g, xs = g.transpose(0, 2, 3, 1), xs.transpose(0, 2, 3, 1)
+        g = g.reshape(3, 120, 40)
+        first = xs.reshape(3, 120, 40).argmax(axis=1)
         assert (np.count_nonzero(g, axis=1) <= 1).all()
         hit = np.take_along_axis(g, first[:, None], 1)[:, 0]
         np.testing.assert_array_equal(hit != 0, np.abs(g).sum(axis=1) != 0)
