@@ -168,6 +168,7 @@ struct FloatKey {
     return kLargest ? (!(v <= m) && m == m) : (!(v >= m) && m == m);
   }
   static inline bool Same(Key a, Key b) { return a == b || (a != a && b != b); }
+  static inline VI VSame(V a, V b) { return (a == b) | ((a != a) & (b != b)); }
   static inline V VLoad(const Elem* p) { return VLoadRaw<VF>(reinterpret_cast<const float*>(p)); }
   static inline VI VTake(V v, V m) {
     return kLargest ? (~(v <= m) & (m == m)) : (~(v >= m) & (m == m));
@@ -191,6 +192,7 @@ struct HalfKey {
   }
   static inline bool Take(Key v, Key m) { return v > m; }
   static inline bool Same(Key a, Key b) { return a == b; }
+  static inline VI VSame(V a, V b) { return a == b; }
   static inline V VLoad(const Elem* p) {
     VI e = __builtin_convertvector(VLoadRaw<VH>(p), VI);
     VI mag = e & 0x7fff;
@@ -221,6 +223,7 @@ struct Bf16Key {
   }
   static inline bool Take(Key v, Key m) { return F::Take(v, m); }
   static inline bool Same(Key a, Key b) { return F::Same(a, b); }
+  static inline VI VSame(V a, V b) { return F::VSame(a, b); }
   static inline V VLoad(const Elem* p) { return LoadF(p); }
   static inline VI VTake(V v, V m) { return F::VTake(v, m); }
 };
@@ -364,6 +367,27 @@ void ExtremeSlab(const typename K::Elem* x, typename K::Elem* out, int32_t* idx,
 constexpr int kSlabVectors = kBlockVectors;
 constexpr int kSlabIndexVectors = kBlockVectors * 3 / 4;
 
+// v with lane l + W moved to lane l (the upper lanes wrap around; they are not used).
+template <int W, typename V, size_t... I>
+inline V Down(const V& v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, static_cast<int>((I + W) % kLanes)...);
+}
+
+// Lane 0 of (m, k) becomes the best of the lanes [0, 2 W) and its position: pairs of lanes
+// merged by halves (the better key, or the earlier position of equal keys), in vector registers
+// (a scalar loop over the lanes cost more than the row itself for short rows).
+template <typename K, int W>
+inline void MergeLanes(typename K::V& m, VI& k) {
+  if constexpr (W >= 1) {
+    const typename K::V mb = Down<W>(m, std::make_index_sequence<kLanes>());
+    const VI kb = Down<W>(k, std::make_index_sequence<kLanes>());
+    const VI take = K::VTake(mb, m) | (K::VSame(mb, m) & (kb < k));
+    m = take ? mb : m;
+    k = take ? kb : k;
+    MergeLanes<K, W / 2>(m, k);
+  }
+}
+
 // One contiguous row of R elements (Q == 1): kLanes interleaved running bests, then merged.
 template <typename K>
 void ExtremeRow(const typename K::Elem* x, int64_t R, typename K::Elem* out, int32_t* idx) {
@@ -382,14 +406,9 @@ void ExtremeRow(const typename K::Elem* x, int64_t R, typename K::Elem* out, int
         Step<K, true>(K::VLoad(x + r), m, k, lane + static_cast<int32_t>(r));
       }
       // Each lane holds its own first winner; the row's is the best key, earliest on ties.
+      MergeLanes<K, kLanes / 2>(m, k);
       best = m[0];
       at = k[0];
-      for (int l = 1; l < kLanes; ++l) {
-        if (K::Take(m[l], best) || (K::Same(m[l], best) && k[l] < at)) {
-          best = m[l];
-          at = k[l];
-        }
-      }
     }
   }
   for (; r < R; ++r) {  // The rest comes after every lane element: plain first-wins order.
