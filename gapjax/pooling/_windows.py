@@ -26,8 +26,10 @@ scatter and no second read of the input (XLA's select-and-scatter is 10x slower 
 Native passes: on CPU, for float32 with at least 16 contiguous values behind the pooled axes
 (channels last), the extreme and its winner come from one native pass (``_native.window_select``)
 instead of XLA's two, and window sums (average pooling; the winner's tangent of max pooling)
-and their transposes (the backward passes) are the linear primitives of ``_native.window_map``.
-The XLA engine stays the fallback and the reference the tests compare them with.
+and their transposes (the backward passes) are the linear primitives of ``_native.window_map``,
+one pass over all the pooled axes whatever the window size (the kernel sums windows of more than
+32 taps input line by input line). The XLA engine stays the fallback and the reference the tests
+compare them with.
 """
 
 import dataclasses
