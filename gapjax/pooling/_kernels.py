@@ -283,8 +283,9 @@ def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     read in order, column totals kept in L1), or without it, float32 sums run as a batched
     matrix-vector product with a ones vector (one batch >= 40K elements: up to 2x faster than
     ``jnp.sum``); channels-first rows of <= 256 elements as ``x @ ones``; see the module
-    docstring for the measurements. A custom JVP keeps
-    the gradient a plain broadcast (custom_jvp: forward mode works too).
+    docstring for the measurements. A custom JVP makes the gradient a broadcast (a native pass
+    on CPU, a plain one elsewhere), never the transpose of these formulations; forward mode
+    works too.
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)

@@ -96,9 +96,6 @@ constexpr size_t kHugeOutputBytes = size_t{8} << 20;
 // those faults 512x fewer; the advice only sets the page size of memory not yet touched.
 inline void AdviseHuge(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-#ifdef GAPJAX_NO_HUGE
-  return;
-#endif
   if (bytes < kHugeOutputBytes) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
@@ -514,10 +511,7 @@ ffi::Error ExtremeIndexImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
 // order into `part`, which is then added to the running total (the rounding error grows with
 // kSumRows + rows / kSumRows, not with rows). Both are kept in L1: at most kSumColumns floats.
 constexpr int64_t kSumColumns = 2048;
-#ifndef GAPJAX_SUM_ROWS
-#define GAPJAX_SUM_ROWS 16
-#endif
-constexpr int64_t kSumRows = GAPJAX_SUM_ROWS;
+constexpr int64_t kSumRows = 16;
 
 // acc[0, w) (+)= row[0, w), widened to float32.
 template <bool kFirst, typename E>
