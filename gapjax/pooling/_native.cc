@@ -11,9 +11,12 @@
 //
 // gapjax_extreme / gapjax_extreme_index: x (..., R, Q) -> max (or min) over R, and the int32
 // position of the winner: the first maximum in order, or the first NaN (NaN propagates).
+// gapjax_sum: x (..., R, Q) float32 or bfloat16 -> the float32 sum over R, divided by an
+// attribute (global sum and average pooling).
 // gapjax_window_select: the extreme of every window and its winning tap (max/min pooling).
 // gapjax_window_gather / gapjax_window_scatter (+ ...Win): window sums and their transposes, the
-// forward and backward passes of average pooling and the backward pass of max pooling.
+// forward and backward passes of average pooling, and the backward passes of max pooling and
+// of global pooling (one window over all cells).
 // Every leading axis is a batch axis (so vmap's "broadcast_all" works unchanged).
 
 #include <algorithm>
