@@ -6,7 +6,9 @@ before any work is done; ``quick`` shrinks any configuration for smoke tests.
 """
 
 import difflib
+import itertools
 import math
+import numbers
 
 import ml_collections
 
@@ -117,8 +119,89 @@ def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+# The schema: every key of ``default_config`` has exactly one rule (tests check it). Numbers are
+# finite; ints are ints, not bools (``True`` is an int to Python, never a batch size).
+_BOOLS = ("augment", "augment_flip", "progress", "tensorboard", "quick")
+_STRINGS = ("name", "data_dir", "cache_dir", *CHOICES)
+_POSITIVE_INTS = (
+    "batch_size",
+    "eval_batch_size",
+    "epochs",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+_NON_NEGATIVE_INTS = (
+    "augment_padding",
+    "max_train_examples",  # 0 = all
+    "max_eval_examples",
+    "seed",
+    "guard_epochs",  # 0 disables the guard
+    "cam_images",
+)
+_POSITIVE_NUMBERS = ("lr", "lr_decay")
+_NON_NEGATIVE_NUMBERS = (
+    "weight_decay",
+    "bias_lr_mult",
+    "last_layer_lr_mult",
+    "warmup_epochs",
+    "time_limit_minutes",  # 0 = no limit
+)
+_UNIT_INTERVAL = ("momentum",)  # [0, 1)
+_SEQUENCES = ("lr_boundaries",)
+SCHEMA_KEYS = (
+    *_BOOLS,
+    *_STRINGS,
+    *_POSITIVE_INTS,
+    *_NON_NEGATIVE_INTS,
+    *_POSITIVE_NUMBERS,
+    *_NON_NEGATIVE_NUMBERS,
+    *_UNIT_INTERVAL,
+    *_SEQUENCES,
+)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _problem(key: str, value) -> str | None:
+    """What is wrong with ``config[key] = value``, or None."""
+    if key in _BOOLS and not isinstance(value, bool):
+        return f"{key} must be True or False, got {value!r}"
+    if key in _STRINGS and not isinstance(value, str):
+        return f"{key} must be a string, got {value!r}"
+    if key in CHOICES and value not in CHOICES[key]:
+        return f"{key}={value!r} is not one of {CHOICES[key]}"
+    if key in _POSITIVE_INTS and not (_is_int(value) and value > 0):
+        return f"{key} must be a positive int, got {value!r}"
+    if key in _NON_NEGATIVE_INTS and not (_is_int(value) and value >= 0):
+        return f"{key} must be an int >= 0, got {value!r}"
+    if key in _POSITIVE_NUMBERS and not (_is_number(value) and value > 0):
+        return f"{key} must be a finite number > 0, got {value!r}"
+    if key in _NON_NEGATIVE_NUMBERS and not (_is_number(value) and value >= 0):
+        return f"{key} must be a finite number >= 0, got {value!r}"
+    if key in _UNIT_INTERVAL and not (_is_number(value) and 0 <= value < 1):
+        return f"{key} must be a number in [0, 1), got {value!r}"
+    if key in _SEQUENCES:
+        ok = isinstance(value, tuple | list) and all(_is_number(e) and e > 0 for e in value)
+        if not ok or any(a >= b for a, b in itertools.pairwise(value)):
+            return f"{key} must be increasing positive epochs, got {value!r}"
+    return None
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming every unknown key and every impossible value.
+
+    Every key is checked against its rule: booleans are ``True``/``False`` (not strings or
+    ints), ints are ints (not bools or floats), numbers are finite, sizes and counts are not
+    negative (``0`` means "all" or "off" where the default says so), ``momentum`` lies in
+    [0, 1), ``lr_boundaries`` are increasing positive epochs, and named choices are one of
+    ``CHOICES``. Each problem names the key and the value.
 
     Returns:
       None.
@@ -132,37 +215,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
       Traceback (most recent call last):
       ...
       ValueError: config: unknown key 'epoch' (did you mean 'epochs'?).
+      >>> c = default_config()
+      >>> c.momentum = float("nan")
+      >>> validate(c)
+      Traceback (most recent call last):
+      ...
+      ValueError: config: momentum must be a number in [0, 1), got nan.
     """
     known = default_config()
     problems = []
     for key in config.keys():
         if key not in known:
-            close = difflib.get_close_matches(key, list(known.keys()), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"unknown key {key!r}{hint}")
-    for key, options in CHOICES.items():
-        if key in config and config[key] not in options:
-            problems.append(f"{key}={config[key]!r} is not one of {options}")
-    positive = ("batch_size", "eval_batch_size", "epochs", "eval_every", "checkpoint_every")
-    for key in (*positive, "keep_checkpoints"):
-        if key in config and (not isinstance(config[key], int) or config[key] <= 0):
-            problems.append(f"{key} must be a positive int, got {config[key]!r}")
-    for key in ("lr", "lr_decay"):
-        if key in config and not (math.isfinite(config[key]) and config[key] > 0):
-            problems.append(f"{key} must be > 0, got {config[key]!r}")
-    for key in (
-        "momentum",
-        "weight_decay",
-        "warmup_epochs",
-        "guard_epochs",
-        "cam_images",
-        "time_limit_minutes",
-    ):
-        if key in config and config[key] < 0:
-            problems.append(f"{key} must be >= 0, got {config[key]!r}")
-    if "lr_boundaries" in config:
-        b = tuple(config.lr_boundaries)
-        if list(b) != sorted(b) or any(e <= 0 for e in b):
-            problems.append(f"lr_boundaries must be increasing positive epochs, got {b}")
+            problems.append(f"unknown key {key!r}{did_you_mean(key)}")
+        else:
+            problem = _problem(key, config[key])
+            if problem:
+                problems.append(problem)
     if problems:
         raise ValueError("config: " + "; ".join(problems) + ".")
+
+
+def did_you_mean(key: str) -> str:
+    """`` (did you mean 'epochs'?)`` for the closest known key, or ``""``.
+
+    Returns:
+      A string to append to a message.
+
+    Example:
+      >>> from gapjax.train.config import did_you_mean
+      >>> did_you_mean("epoch"), did_you_mean("zzz")
+      (" (did you mean 'epochs'?)", '')
+    """
+    close = difflib.get_close_matches(key, list(default_config().keys()), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -80,6 +80,81 @@ def test_validate_rejects_unknown_keys_and_bad_values():
     assert "lr_boundaries must be increasing" in message
 
 
+def test_the_schema_covers_every_key_once():
+    from gapjax.train import config as config_lib
+
+    assert sorted(config_lib.SCHEMA_KEYS) == sorted(default_config().keys())
+    assert len(set(config_lib.SCHEMA_KEYS)) == len(config_lib.SCHEMA_KEYS)
+
+
+def _with(key, value):
+    c = default_config().to_dict()  # unlocked: any type can be set, as a hand-built config can
+    c[key] = value
+    return ml_collections.ConfigDict(c)
+
+
+# The issue's examples (issue 20), each rejected naming the key and the value.
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("momentum", float("nan")),
+        ("momentum", float("inf")),
+        ("momentum", 1.0),
+        ("weight_decay", float("nan")),
+        ("bias_lr_mult", -2.0),
+        ("last_layer_lr_mult", -0.1),
+        ("max_train_examples", -5),
+        ("augment_padding", -3),
+        ("batch_size", True),
+        ("lr_boundaries", (20, float("nan"))),
+        ("lr_boundaries", (20, "nan")),
+        ("lr_boundaries", (20, 20)),
+        ("augment", "no"),
+        ("seed", -1),
+        ("time_limit_minutes", float("inf")),
+        ("epochs", 2.5),
+    ],
+)
+def test_validate_rejects_the_reported_values(key, value):
+    with pytest.raises(ValueError) as e:
+        validate(_with(key, value))
+    assert key in str(e.value) and repr(value) in str(e.value)
+
+
+BAD = {
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "-inf": float("-inf"),
+    "negative": -3,
+    "negative float": -0.5,
+    "bool": True,
+    "string": "7",
+    "none": None,
+    "list": [1],
+}
+
+
+@pytest.mark.parametrize("key", sorted(default_config().keys()))
+def test_every_key_rejects_every_kind_of_bad_value(key):
+    """The sweep: non-finite floats, negatives, bools for ints, wrong types, for every key.
+    A value is allowed only where it is a legal value of that key's kind."""
+    default = default_config()[key]
+    for kind, value in BAD.items():
+        free_text = key in ("name", "data_dir", "cache_dir") and isinstance(value, str)
+        legal = (
+            (isinstance(default, bool) and value is True)
+            or free_text
+            or (key == "lr_boundaries" and value == [1])
+        )
+        if legal:
+            validate(_with(key, value))
+            continue
+        with pytest.raises(ValueError, match=key) as e:
+            validate(_with(key, value))
+        assert repr(value) in str(e.value), (key, kind, str(e.value))
+    validate(_with(key, default))
+
+
 def test_quick_shrinks():
     q = quick(load("nin_cifar10").get_config())
     assert (q.epochs, q.max_train_examples, q.max_eval_examples, q.quick) == (2, 512, 256, True)
