@@ -5,7 +5,8 @@ Layout: ``root/<class name>/<image>.{jpg,jpeg,png}``. Class names are sorted and
 images are sorted by class, then file name, so the order never depends on the file system or
 the archive. Archives are read in memory (nothing is extracted, so member paths cannot escape).
 Hidden files (names starting with ".") are ignored; any other file that is not a JPEG or PNG in a
-class folder, a file beside the class folders, or a deeper folder is an error naming it.
+class folder, a file beside the class folders, a deeper folder, or a class folder without images
+(which would silently renumber the classes after it) is an error naming it.
 
 Decoding uses Pillow, one image after another: about 4 s for CIFAR-10's 60,000 32x32 JPEGs on
 one core (decoding in a thread pool was measured slower: Pillow's per-image work holds the GIL).
@@ -71,18 +72,20 @@ def _list_tar(archive: Path, roots: Sequence[str]) -> dict[str, list[_Entry]]:
     """One pass over the archive, keeping the bytes of the images under each root."""
     roots = [r.strip("/") for r in roots]
     out: dict[str, list[_Entry]] = {r: [] for r in roots}
+    folders: dict[str, dict[str, str]] = {r: {} for r in roots}  # class -> where, per root
     try:
         with tarfile.open(archive, "r:*") as tf:
             prefixes = [(root, f"{root}/" if root else "") for root in roots]
             for m in tf:
-                if m.isdir():
-                    continue
-                name = m.name.removeprefix("./")
+                name = m.name.removeprefix("./").rstrip("/")
                 for root, prefix in prefixes:
                     if not name.startswith(prefix):
                         continue
                     rel = name[len(prefix) :]
                     where = f"{archive}:{name}"
+                    if m.isdir():
+                        _folder(rel, where, folders[root])
+                        continue
                     key = _classify(rel, where)
                     if key is None:
                         continue
@@ -96,15 +99,48 @@ def _list_tar(archive: Path, roots: Sequence[str]) -> dict[str, list[_Entry]]:
     for root, entries in out.items():
         if not entries:
             raise ValueError(f"{archive}: no images under {root or 'the archive root'!r}.")
+        _check_no_empty_class(folders[root], entries)
     return out
+
+
+def _folder(rel: str, where: str, folders: dict[str, str]) -> None:
+    """Records a visible folder ``rel`` under the root: class folders, and deeper ones (errors
+    once the listing is done, so that a file inside one is named first)."""
+    parts = rel.split("/") if rel else []
+    if parts and not any(p.startswith(".") for p in parts):
+        folders[rel] = where
+
+
+def _check_no_empty_class(folders: dict[str, str], entries: list[_Entry]) -> None:
+    """No folder deeper than the class folders; no class folder without images (it would drop
+    the class and renumber those after it)."""
+    nested = sorted(rel for rel in folders if "/" in rel)
+    if nested:
+        raise ValueError(
+            f"{folders[nested[0]]}: expected <class>/<image> under the root, found the nested "
+            f"folder {nested[0]!r}."
+        )
+    empty = sorted(set(folders) - {e[0] for e in entries})
+    if empty:
+        where = [folders[c] for c in empty]
+        raise ValueError(
+            f"{where[0]}: the class folder {empty[0]!r} holds no .jpg, .jpeg or .png image"
+            + (f" (nor do {where[1:]})" if len(where) > 1 else "")
+            + "; remove it or add its images (an empty class would renumber the classes after "
+            "it)."
+        )
 
 
 def _list_dir(folder: Path) -> list[_Entry]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder: no directory at {folder}.")
     out: list[_Entry] = []
+    folders: dict[str, str] = {}
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for d in dirs:
+            p = Path(root, d)
+            _folder(p.relative_to(folder).as_posix(), str(p), folders)
         for f in files:
             p = Path(root, f)
             key = _classify(p.relative_to(folder).as_posix(), str(p))
@@ -112,6 +148,7 @@ def _list_dir(folder: Path) -> list[_Entry]:
                 out.append((key[0], str(p), p))
     if not out:
         raise ValueError(f"{folder}: no images in class subfolders.")
+    _check_no_empty_class(folders, out)
     return out
 
 
@@ -179,7 +216,8 @@ def load_image_folder(
     Raises:
       FileNotFoundError: no such file or folder.
       ValueError: an unreadable image, a file that is not an image, an image of another size,
-        or a corrupt archive; the message names the file.
+        a class folder without images, a nested folder, or a corrupt archive; the message names
+        the file or folder.
 
     Example:
       >>> import numpy as np, pathlib, tempfile

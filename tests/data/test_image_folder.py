@@ -132,6 +132,92 @@ def test_truncated_or_empty_archives(tmp_path, rng):
         load_image_folder(tmp_path / "missing")
 
 
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path, rng):
+    """cat/ dog/ zebra/ with dog/ empty must not load as ('cat', 'zebra') with zebra renumbered
+    2 -> 1 (issue 20); torchvision's ImageFolder refuses it too."""
+    files, _, _, _ = tree(rng, classes=("cat", "zebra"), per_class=(2, 1))
+    root = write_dir(tmp_path / "root", files)
+    (root / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"root/dog: the class folder 'dog' holds no"):
+        load_image_folder(root)
+    (root / "dog" / ".DS_Store").write_bytes(b"junk")  # hidden files are not images
+    with pytest.raises(ValueError, match=r"'dog' holds no"):
+        load_image_folder(root)
+    (root / "dog" / ".DS_Store").unlink()
+    (root / "zebra" / "0000.png").unlink()  # two empty classes: both named
+    with pytest.raises(ValueError, match=r"'dog' holds no .* \(nor do \['.*zebra'\]\)"):
+        load_image_folder(root)
+    (root / "dog").rmdir()
+    (root / "zebra").rmdir()
+    (root / "cat" / "empty").mkdir()  # an empty nested folder is named too
+    with pytest.raises(ValueError, match=r"cat/empty: .* the nested folder 'cat/empty'"):
+        load_image_folder(root)
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_an_empty_class_folder_in_an_archive_is_an_error_naming_it(tmp_path, rng, mode):
+    files, _, _, _ = tree(rng, classes=("cat", "zebra"), per_class=(2, 1))
+    members = {f"data/{k}": v for k, v in files.items()}
+    path = tmp_path / "images.tar"
+    with tarfile.open(path, mode) as tf:
+        for folder in ("data", "data/cat", "data/dog", "data/zebra"):
+            info = tarfile.TarInfo(folder + "/")
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=r"images\.tar:data/dog: the class folder 'dog' holds"):
+        load_image_folder(path, root="data")
+    # Deleting the only member of a class leaves its folder: rejected the same way.
+    with tarfile.open(path) as tf:
+        kept = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+    del kept["data/zebra/0000.png"]
+    write_tar(tmp_path / "deleted.tar.gz", kept)  # writes the folders of the members left
+    split = load_image_folder(tmp_path / "deleted.tar.gz", root="data")
+    assert split.class_names == ("cat",)  # no zebra folder left at all: nothing is renumbered
+    with tarfile.open(tmp_path / "deleted.tar.gz", "w:gz") as tf:
+        for folder in ("data", "data/cat", "data/zebra"):
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        for name, data in kept.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=r"deleted\.tar\.gz:data/zebra: the class folder"):
+        load_image_folder(tmp_path / "deleted.tar.gz", root="data")
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_truncated_or_flipped_images_are_rejected_naming_the_file(tmp_path, rng, kind):
+    """The corruption sweep for image folders: every truncation and every flipped byte either
+    raises ValueError naming the file, or (PNG: chunks carry CRCs) loads the original pixels.
+    JPEG has no checksum: a flipped byte in its entropy-coded data decodes to other pixels, so
+    only the error's form is checked there."""
+    x = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    data = png(x) if kind == "png" else jpeg(x)
+    expected = np.asarray(Image.open(io.BytesIO(data)))
+    folder = tmp_path / "a"
+    folder.mkdir()
+    file = folder / f"0.{'png' if kind == 'png' else 'jpg'}"
+    variants = [data[:n] for n in range(0, len(data), 3)]
+    for i in range(0, len(data), 2):
+        flipped = bytearray(data)
+        flipped[i] ^= 0xFF
+        variants.append(bytes(flipped))
+    for variant in variants:
+        file.write_bytes(variant)
+        try:
+            split = load_image_folder(tmp_path)
+        except ValueError as e:
+            assert str(file) in str(e)
+            continue
+        if kind == "png" or len(variant) < len(data):
+            np.testing.assert_array_equal(split.images[0], expected)
+
+
 def test_symlink_members_are_refused(tmp_path, rng):
     files, _, _, _ = tree(rng, classes=("a",), per_class=(1,))
     path = tmp_path / "links.tar"
