@@ -9,7 +9,9 @@ skips re-reading the source and so also its checksum, which was verified when th
 written.
 
 Entries are written atomically (a temporary folder renamed into place, ``meta.json`` last), and
-an entry that cannot be read back (deleted or truncated files) is rebuilt with a warning.
+an entry that cannot be read back (deleted, truncated or altered files: each array's CRC-32 is
+kept in ``meta.json`` and checked on a hit, about 0.06 s for CIFAR-10) is rebuilt with a warning
+naming the file.
 """
 
 import contextlib
@@ -19,6 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from gapjax.data.splits import Split
 
 __all__ = ["cached_splits"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: CRC-32 of every array in meta.json
 
 
 def _fingerprint(source: Path) -> list:
@@ -62,14 +65,31 @@ def _entry_dir(cache_dir: Path, name: str, sources: list[Path], version: str) ->
     return cache_dir / f"{name}-{where}-{key[:16]}", key
 
 
+def _crc(array: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(array))
+
+
+def _meta_crc(meta: dict) -> int:
+    """The CRC-32 of meta.json's content (all but this field), however it is laid out."""
+    rest = {k: v for k, v in meta.items() if k != "meta_crc32"}
+    return zlib.crc32(json.dumps(rest, sort_keys=True).encode())
+
+
 def _read_entry(entry: Path, key: str) -> dict[str, Split]:
     meta = json.loads((entry / "meta.json").read_text())
+    if not isinstance(meta, dict) or meta.get("meta_crc32") != _meta_crc(meta):
+        raise ValueError(f"{entry / 'meta.json'}: its CRC-32 does not match (altered)")
     if meta.get("key") != key:
         raise ValueError(f"{entry / 'meta.json'} has another key")
     out = {}
     for split, info in meta["splits"].items():
-        images = np.load(entry / f"{split}.images.npy", allow_pickle=False)
-        labels = np.load(entry / f"{split}.labels.npy", allow_pickle=False)
+        arrays = {}
+        for part in ("images", "labels"):
+            file = entry / f"{split}.{part}.npy"
+            arrays[part] = np.load(file, allow_pickle=False)
+            if _crc(arrays[part]) != info["crc32"][part]:
+                raise ValueError(f"{file}: its CRC-32 does not match meta.json (altered)")
+        images, labels = arrays["images"], arrays["labels"]
         if list(images.shape) != info["images"] or list(labels.shape) != [info["images"][0]]:
             raise ValueError(f"{entry}: {split} arrays do not match meta.json")
         out[split] = Split(images, labels, tuple(info["class_names"]))
@@ -86,10 +106,15 @@ def _write_entry(cache_dir: Path, entry: Path, key: str, sources: list[Path], sp
             "key": key,
             "sources": [str(p) for p in sources],
             "splits": {
-                k: {"images": list(s.images.shape), "class_names": list(s.class_names)}
+                k: {
+                    "images": list(s.images.shape),
+                    "class_names": list(s.class_names),
+                    "crc32": {"images": _crc(s.images), "labels": _crc(s.labels)},
+                }
                 for k, s in splits.items()
             },
         }
+        meta["meta_crc32"] = _meta_crc(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if entry.exists():
             shutil.rmtree(entry)
@@ -146,7 +171,7 @@ def cached_splits(
     if (entry / "meta.json").exists():
         try:
             return _read_entry(entry, key)
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+        except Exception as e:  # NumPy's header parser alone raises ValueError, TokenError, ...
             warnings.warn(f"cache entry {entry} is unreadable ({e}); rebuilding it.", stacklevel=2)
     splits = dict(build())
     try:

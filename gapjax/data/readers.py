@@ -15,6 +15,7 @@ SciPy (SVHN) and scikit-learn (digits) are imported only by the functions that n
 
 import dataclasses
 import importlib.util
+import math
 import os
 import tarfile
 import zlib
@@ -229,7 +230,10 @@ def _cifar_binary_batch(
 def _names(values: Any, source: str, key: str, count: int) -> tuple[str, ...]:
     if not isinstance(values, list | tuple) or len(values) != count:
         raise ValueError(f"{source}: {key} must list {count} class names.")
-    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
+    try:
+        return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source}: {key} holds a class name that is not UTF-8 ({e}).") from None
 
 
 def _load_cifar(
@@ -509,9 +513,8 @@ def _idx_header(data: bytes, file: Path, magic: int, dims: int) -> tuple[int, ..
         )
     if len(data) < head:
         raise ValueError(f"{file}: {len(data)} bytes is too short for an IDX header.")
-    values = np.frombuffer(data[:head], ">u4").astype(np.int64)
-    shape = tuple(int(v) for v in values[1:])
-    expected = head + int(np.prod(shape))
+    shape = tuple(int.from_bytes(data[i : i + 4], "big") for i in range(4, head, 4))
+    expected = head + math.prod(shape)  # Python ints: a forged header cannot overflow
     if len(data) != expected:
         raise ValueError(
             f"{file}: {len(data):,} bytes, but its header {list(shape)} needs {expected:,} "

@@ -396,3 +396,134 @@ def test_missing_optional_dependencies_name_the_extra(tmp_path, rng, monkeypatch
         load_image_folder(tmp_path / "imgs")
     with pytest.raises(ImportError, match=rf"load_digits needs sklearn.*{extra}"):
         load_digits()
+
+
+def test_idx_header_whose_size_overflows_int64_names_the_file(tmp_path):
+    f = tmp_path / "huge-images"
+    f.write_bytes(struct.pack(">4I", 2051, 2**32 - 1, 2**32 - 1, 2**32 - 1) + bytes(12))
+    with pytest.raises(ValueError, match=rf"{f}: 28 bytes, but its header .*\(truncated\)"):
+        read_idx_images(f)
+    g = tmp_path / "huge-labels"
+    g.write_bytes(struct.pack(">2I", 2049, 2**32 - 1) + bytes(3))
+    with pytest.raises(ValueError, match=rf"{g}: 11 bytes, but its header"):
+        read_idx_labels(g)
+
+
+# ------------------------------------------------------------------------------------------
+# The corruption sweep (issue 20): truncate, flip bytes, delete a member, empty a folder.
+# Each damaged file is rejected with a ValueError or FileNotFoundError naming it, or (a flipped
+# pixel or label byte in a format without a checksum) it loads as arrays of the right form.
+# ------------------------------------------------------------------------------------------
+
+
+def damaged(data: bytes, count: int = 24):
+    """Truncations of ``data`` at ``count`` points, and single-byte flips: every byte of the
+    first 32 (headers), then ``count`` more spread over the rest."""
+    step = max(1, len(data) // count)
+    for n in range(0, len(data), step):
+        yield data[:n]
+    for i in [*range(min(32, len(data))), *range(32, len(data), step)]:
+        flipped = bytearray(data)
+        flipped[i] ^= 0xFF
+        yield bytes(flipped)
+
+
+def rejected_or_loaded(file, variants, load):
+    """Writes each variant to ``file`` and loads; returns how many were rejected."""
+    original, rejected = file.read_bytes(), 0
+    for variant in variants:
+        file.write_bytes(variant)
+        try:
+            out = load()
+        except (ValueError, FileNotFoundError) as e:
+            assert str(file) in str(e), str(e)
+            rejected += 1
+            continue
+        for split in out.values() if isinstance(out, dict) else [out]:
+            if isinstance(split, Split):
+                assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+                assert len(split.images) == len(split.labels)
+    file.write_bytes(original)
+    return rejected
+
+
+CIFAR_FORMS = {
+    "cifar10-python": (cifar10_python_files, "cifar-10-batches-py", load_cifar10),
+    "cifar10-binary": (cifar10_binary_files, "cifar-10-batches-bin", load_cifar10),
+    "cifar100-python": (cifar100_python_files, "cifar-100-python", load_cifar100),
+    "cifar100-binary": (cifar100_binary_files, "cifar-100-binary", load_cifar100),
+}
+
+
+@pytest.mark.parametrize("form", sorted(CIFAR_FORMS))
+def test_cifar_files_truncated_or_flipped_are_rejected_naming_the_file(tmp_path, form):
+    make, folder, load = CIFAR_FORMS[form]
+    files, _ = make(np.random.default_rng(0))
+    root = write_tree(tmp_path / folder, files)
+    for name in files:
+        rejected = rejected_or_loaded(root / name, damaged(files[name]), lambda: load(root))
+        unused = name == "coarse_label_names.txt"  # read only with labels="coarse"
+        assert rejected > 0 or unused, name  # at least the truncations to a few bytes
+    archive = write_tar(tmp_path / "c.tar.gz", {f"{folder}/{k}": v for k, v in files.items()})
+    rejected_or_loaded(archive, damaged(archive.read_bytes()), lambda: load(archive))
+
+
+@pytest.mark.parametrize("form", sorted(CIFAR_FORMS))
+def test_cifar_deleted_member_or_emptied_folder_is_named(tmp_path, form):
+    make, folder, load = CIFAR_FORMS[form]
+    files, _ = make(np.random.default_rng(0))
+    for name in files:
+        kept = {f"{folder}/{k}": v for k, v in files.items() if k != name}
+        archive = write_tar(tmp_path / f"{name}.tar.gz", kept)
+        with pytest.raises(ValueError, match=rf"{archive}: missing \['{folder}/{name}'\]"):
+            load(archive)
+        root = write_tree(tmp_path / name / folder, {k: files[k] for k in files if k != name})
+        with pytest.raises(FileNotFoundError, match=str(root / name)):
+            load(root)
+    (tmp_path / "empty" / folder).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty" / folder)):
+        load(tmp_path / "empty" / folder)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_truncated_or_flipped_are_rejected_naming_the_file(tmp_path, gz):
+    x = np.random.default_rng(0).integers(0, 256, (3, 4, 5), dtype=np.uint8)
+    for name, data, read in (
+        ("images", idx_images(x), read_idx_images),
+        ("labels", idx_labels(np.arange(7)), read_idx_labels),
+    ):
+        data = gzip.compress(data) if gz else data
+        f = tmp_path / name
+        f.write_bytes(data)
+        assert (
+            rejected_or_loaded(f, damaged(data, len(data)), lambda f=f, read=read: {"x": read(f)})
+            > 0
+        )
+
+
+def test_mnist_deleted_file_or_emptied_folder_is_named(tmp_path, rng):
+    write_mnist(tmp_path, rng, gz=False)
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'train-labels-idx1-ubyte'}"):
+        load_mnist(tmp_path, verify=False)
+    for f in tmp_path.iterdir():
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'train-images-idx3-ubyte'}"):
+        load_mnist(tmp_path, verify=False)
+
+
+def test_svhn_file_truncated_or_flipped_is_rejected_naming_it(tmp_path, rng):
+    f = write_svhn(tmp_path / "s.mat", random_images(rng, 2), np.arange(2))
+    assert rejected_or_loaded(f, damaged(f.read_bytes()), lambda: read_svhn_mat(f)) > 0
+    f.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'train_32x32.mat'}"):
+        load_svhn(tmp_path, verify=False)
+
+
+def test_cifar_class_names_that_are_not_utf8_name_the_meta_file(tmp_path, rng):
+    files, _ = cifar10_python_files(rng)
+    names = [b"\xff\xfe", *[f"c{i}".encode() for i in range(9)]]
+    files["batches.meta"] = py2_pickle({b"label_names": names})
+    root = write_tree(tmp_path / "cifar-10-batches-py", files)
+    with pytest.raises(ValueError, match=rf"{root}/batches\.meta: label_names .* not UTF-8"):
+        load_cifar10(root)
