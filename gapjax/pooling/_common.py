@@ -99,13 +99,23 @@ def resolve_layout(
         else:
             layout = Layout(shape, tuple(range(2, ndim)), 1, "data_format")
     else:
-        axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+        if isinstance(axis, numbers.Integral):
+            axes = (axis,)
+        elif isinstance(axis, tuple):
+            axes = axis
+        else:
+            raise SettingTypeError(
+                f"{fn}: axis must be an int or a tuple of ints, got {axis!r} "
+                f"({type(axis).__name__})."
+            )
         if not axes:
             raise ValueError(f"{fn}: axis must name at least one axis, got {axis!r}.")
         normalized = []
         for a in axes:
             if not isinstance(a, numbers.Integral) or isinstance(a, bool):
-                raise ValueError(f"{fn}: axis must be an int or a tuple of ints, got {axis!r}.")
+                raise SettingTypeError(
+                    f"{fn}: axis must be an int or a tuple of ints, got {axis!r}."
+                )
             if not -ndim <= a < ndim:
                 raise ValueError(
                     f"{fn}: axis {a} is out of range for x of shape {shape} (rank {ndim})."
@@ -194,6 +204,8 @@ def prepare_mask(mask: Any, layout: Layout, fn: str) -> jax.Array | None:
     mask = _broadcast_to_x(
         mask, layout, arg="mask", fn=fn, what="True (or 1) marks the positions to pool"
     )
+    # Concrete numeric masks were checked to hold only 0 and 1 (check_mask); a traced one is
+    # read as ``mask != 0``.
     return mask if mask.dtype == jnp.bool_ else mask != 0
 
 
@@ -282,6 +294,17 @@ def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), 0)
 
 
+def safe_power(b: jax.Array, p: Any) -> jax.Array:
+    """``b ** p`` with a finite gradient at ``b = 0`` for ``p < 1`` (taken as 0 there).
+
+    The derivative ``p b^(p-1)`` is +inf at 0 for p < 1 and would turn a gradient NaN (inf * 0)
+    even where the result does not depend on b (an all-zero window); for p >= 1 it is finite
+    and kept.
+    """
+    flat = (b == 0) & (p < 1)
+    return jnp.where(flat, 0, jnp.where(flat, 1, b) ** p)
+
+
 def safe_root(s: jax.Array, p: Any) -> jax.Array:
     """s ** (1/p) for s > 0, else 0, with a finite gradient at s = 0."""
     positive = s > 0
@@ -315,45 +338,122 @@ def propagate_nan(out: jax.Array, x: jax.Array, mask: jax.Array | None, layout: 
     return jnp.where(bad, jnp.nan, out)
 
 
+class SettingTypeError(TypeError, ValueError):
+    """A setting of the wrong type: a string for a bool switch, a float or an array for a size.
+
+    A TypeError, and also a ValueError so that code catching bad arguments as ValueError (the
+    rest of the checks) catches these too.
+    """
+
+
 def is_concrete(value: Any) -> bool:
     """True for values whose contents are known at trace time (not JAX tracers)."""
     return not isinstance(value, jax.core.Tracer)
 
 
-def _values(value: Any) -> np.ndarray | None:
+def _values(fn: str, arg: str, value: Any) -> np.ndarray | None:
+    """A concrete numeric value as float64 (None for None or a tracer); rejects non-numbers."""
     if value is None or not is_concrete(value):
         return None
     try:
-        return np.asarray(value, dtype=np.float64)
+        v = np.asarray(value)
     except (TypeError, ValueError):
-        return None
+        v = None
+    if v is None or v.dtype == object or not (v.dtype == bool or np.issubdtype(v.dtype, np.number)):
+        raise SettingTypeError(f"{fn}: {arg} must be a real number (or array), got {value!r}.")
+    if np.issubdtype(v.dtype, np.complexfloating):
+        raise SettingTypeError(f"{fn}: {arg} must be real, got {value!r}.")
+    return v.astype(np.float64)
 
 
 def check_positive(fn: str, arg: str, value: Any) -> None:
-    """Raises ValueError if a concrete value is not > 0 (traced values cannot be checked)."""
-    v = _values(value)
-    if v is not None and not np.all(v > 0):
-        raise ValueError(f"{fn}: {arg} must be > 0, got {value!r}.")
+    """Raises ValueError unless a concrete value is finite and > 0 (NaN and inf fail).
+
+    Traced values (a learned parameter under jit) cannot be checked.
+    """
+    v = _values(fn, arg, value)
+    if v is not None and not np.all(np.isfinite(v) & (v > 0)):
+        raise ValueError(f"{fn}: {arg} must be > 0 and finite, got {value!r}.")
 
 
 def check_unit_interval(fn: str, arg: str, value: Any) -> None:
-    """Raises ValueError if a concrete value lies outside [0, 1]."""
-    v = _values(value)
+    """Raises ValueError if a concrete value lies outside [0, 1] (NaN included)."""
+    v = _values(fn, arg, value)
     if v is not None and not np.all((v >= 0) & (v <= 1)):
         raise ValueError(f"{fn}: {arg} must lie in [0, 1], got {value!r}.")
 
 
 def check_finite(fn: str, arg: str, value: Any) -> None:
     """Raises ValueError if a concrete value is NaN or infinite."""
-    v = _values(value)
+    v = _values(fn, arg, value)
     if v is not None and not np.all(np.isfinite(v)):
         raise ValueError(f"{fn}: {arg} must be finite, got {value!r}.")
 
 
 def check_bool(fn: str, arg: str, value: Any) -> None:
-    """Raises ValueError unless value is a Python bool (a static switch such as ``train``)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{fn}: {arg} must be a Python bool, got {value!r}.")
+    """Raises SettingTypeError unless value is a bool (a static switch such as ``train``).
+
+    NumPy bools are accepted (the wrapper turns them into Python bools first); strings such as
+    'no', numbers and arrays are not: ``bool('no')`` is True.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise SettingTypeError(f"{fn}: {arg} must be a bool (True or False), got {value!r}.")
+
+
+def check_optional_bool(fn: str, arg: str, value: Any) -> None:
+    """``check_bool`` that also accepts None (the convention's default)."""
+    if value is not None:
+        check_bool(fn, arg, value)
+
+
+def check_mask(fn: str, arg: str, value: Any) -> None:
+    """Raises ValueError if a concrete numeric mask holds values other than 0 and 1.
+
+    A mask of 0.5, 2 or NaN would otherwise be read as True. Boolean masks need no check; a
+    traced mask (inside the caller's jit) cannot be checked and is read as ``mask != 0``.
+    """
+    if value is None or not is_concrete(value):
+        return
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and dtype == np.bool_:
+        return
+    try:
+        v = np.asarray(value)
+    except (TypeError, ValueError):
+        return  # prepare_mask names the dtype
+    if v.dtype == bool or not np.issubdtype(v.dtype, np.number):
+        return
+    bad = ~((v == 0) | (v == 1))
+    if bad.any():
+        raise ValueError(
+            f"{fn}: {arg} must hold only booleans or 0/1, got values such as "
+            f"{sorted({float(u) for u in v[bad].ravel()[:3]})} (shape {v.shape})."
+        )
+
+
+def static_value(fn: str, arg: str, value: Any) -> Any:
+    """A static setting made hashable: lists as tuples, NumPy scalars as Python scalars.
+
+    Arrays (NumPy or JAX) are refused with a message naming the function and the argument
+    (jit's own "Non-hashable static arguments" names neither).
+    """
+    if isinstance(value, list | tuple):
+        return tuple(static_value(fn, arg, v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | jax.Array):
+        raise SettingTypeError(
+            f"{fn}: {arg} is a static setting (a Python int, float, bool, str or a tuple of "
+            f"them), got an array of shape {tuple(value.shape)} and dtype {value.dtype}."
+        )
+    try:
+        hash(value)
+    except TypeError:
+        raise SettingTypeError(
+            f"{fn}: {arg} is a static setting (a Python int, float, bool, str or a tuple of "
+            f"them), got {type(value).__name__} {value!r}."
+        ) from None
+    return value
 
 
 def fill_doc(fn: Callable, **parts: str) -> Callable:
@@ -363,13 +463,11 @@ def fill_doc(fn: Callable, **parts: str) -> Callable:
     return fn
 
 
-def _tuples(value: Any) -> Any:
-    """Lists (nested) as tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
-
-
 def pooling_function(
-    *, static: tuple[str, ...], checks: Mapping[str, Callable[[str, str, Any], None]] = {}
+    *,
+    static: tuple[str, ...],
+    checks: Mapping[str, Callable[[str, str, Any], None]] = {},
+    validate: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Callable:
     """Makes ``fn`` a compiled, cached public pooling function.
 
@@ -378,8 +476,12 @@ def pooling_function(
     that, ``checks`` validate concrete hyperparameter values (e.g. ``p > 0``) so that a bad value
     raises ValueError even though jit would turn it into a tracer; traced values pass unchecked.
     Static arguments given as lists (``axis=[1, 2]``, ``kernel_size=[3, 3]``, nested padding
-    pairs) are turned into tuples so that they can be hashed.
+    pairs) are turned into tuples and NumPy scalars into Python ones, so that they can be hashed;
+    arrays are refused (``static_value``). Every function checks ``mask`` (only 0/1 when
+    concrete). ``validate(name, arguments)`` checks the static settings that need no data (kernel
+    sizes >= 1...), so that a module built with them fails at once.
     """
+    checks = {"mask": check_mask, **checks}
 
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
@@ -391,14 +493,18 @@ def pooling_function(
                 bound = signature.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"{fn.__name__}: {e}") from None
-            arguments = bound.arguments
+            _check(bound.arguments)
+            return jitted(*bound.args, **bound.kwargs)
+
+        def _check(arguments: dict[str, Any]) -> None:
             for arg in static:
-                if isinstance(arguments.get(arg), list | tuple):
-                    arguments[arg] = _tuples(arguments[arg])
+                if arg in arguments:
+                    arguments[arg] = static_value(fn.__name__, arg, arguments[arg])
             for arg, check in checks.items():
                 if arg in arguments:
                     check(fn.__name__, arg, arguments[arg])
-            return jitted(*bound.args, **bound.kwargs)
+            if validate is not None:
+                validate(fn.__name__, arguments)
 
         def settings(**kwargs: Any) -> dict[str, Any]:
             """Validates keyword settings without data (what a Flax module stores).
@@ -412,10 +518,8 @@ def pooling_function(
                     f"{fn.__name__}: unknown argument(s) {unknown}; "
                     f"it takes {list(signature.parameters)}."
                 )
-            out = {k: _tuples(v) if k in static else v for k, v in kwargs.items()}
-            for arg, check in checks.items():
-                if arg in out:
-                    check(fn.__name__, arg, out[arg])
+            out = dict(kwargs)
+            _check(out)
             return out
 
         wrapper.jitted = jitted  # the compiled function, e.g. for inspecting its cache

@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from gapjax.pooling import _kernels, _native
-from gapjax.pooling._common import DATA_FORMATS
+from gapjax.pooling._common import DATA_FORMATS, SettingTypeError
 
 CONVENTIONS = ("pytorch", "caffe")
 # Windows with at most this many cells reduce all axes in one fused loop; larger ones go axis by
@@ -162,11 +162,31 @@ def same_padding(length: int, kernel: int, stride: int, dilation: int) -> tuple[
 def windowed_axis(
     length: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int, out: int
 ) -> AxisWindows:
-    """The windows of a windowed pool along one axis."""
+    """The windows of a windowed pool along one axis.
+
+    Taps that read padding in every window (the leading and trailing ones of a kernel much
+    larger than x, e.g. ``kernel_size=10**6, padding="same"``) are dropped: they add nothing to
+    a sum or an extreme, and the engine's cost grows with the taps. ``inside`` (the
+    ``count_include_pad`` divisor) still counts the whole kernel.
+    """
     lo, hi = pad
     base = np.arange(out, dtype=np.int64) * stride - lo
     inside = np.clip(np.minimum(base + kernel, length + hi) - base, 0, None)
-    return AxisWindows(length, base, np.full(out, kernel, np.int64), dilation, inside)
+    first, last = 0, kernel - 1
+    if out and length:
+        # Tap j reads base + j * dilation: left of x in every window while base[-1] + j d < 0,
+        # right of it in every window once base[0] + j d >= length.
+        first = min(max(0, -(base[-1] // dilation)), kernel - 1)
+        last = max(min(kernel - 1, (length - 1 - base[0]) // dilation), first)
+    size = np.full(out, last - first + 1, np.int64)
+    return AxisWindows(length, base + first * dilation, size, dilation, inside)
+
+
+def empty_windows(w: AxisWindows) -> np.ndarray:
+    """Whether each window of ``w`` reads no cell of x (only padding)."""
+    d = w.dilation
+    first = np.maximum(0, -(w.base // d))  # the first tap at a position >= 0
+    return ~((first < w.size) & (w.base + first * d < w.length))
 
 
 def adaptive_axis(length: int, out: int) -> AxisWindows:
@@ -195,7 +215,7 @@ def per_axis(value: Any, n: int, *, arg: str, fn: str, minimum: int) -> tuple[in
         or len(values) != n
         or not all(_is_int(v) for v in values)
     ):
-        raise ValueError(
+        raise SettingTypeError(
             f"{fn}: {arg} must be an int or a sequence of {n} ints (one per spatial axis), "
             f"got {value!r}."
         )
@@ -261,7 +281,7 @@ def parse_padding(padding: Any, n: int, fn: str) -> str | tuple[tuple[int, int],
         else:
             ok = False
     if not ok:
-        raise ValueError(
+        raise SettingTypeError(
             f"{fn}: padding must be an int, {n} ints, {n} (lo, hi) pairs, 'same' or 'valid'; "
             f"got {padding!r}."
         )
@@ -282,7 +302,12 @@ def windowed_plan(
     convention: str,
     fn: str,
 ) -> list[AxisWindows]:
-    """Validates the geometry and returns the windows of every pooled axis."""
+    """Validates the geometry and returns the windows of every pooled axis.
+
+    Raises ValueError, naming the arguments and the sizes, for a dilated kernel larger than the
+    padded axis (no output) and, except under Caffe's rule (whose ceil rounding makes empty
+    windows, as Caffe does), for windows that read only padding (PyTorch refuses these).
+    """
     plans = []
     for a, k, s, d, i in zip(axes, kernel, stride, dilation, range(len(axes)), strict=True):
         length = shape[a]
@@ -305,10 +330,20 @@ def windowed_plan(
             out = output_length(length, k, s, (lo, hi), d, ceil_mode, convention)
         if out < 1:
             raise ValueError(
-                f"{fn}: the (dilated) kernel {eff} is larger than spatial axis {i} of x (length "
-                f"{length}, padded {lo}+{hi}): x of shape {shape} gives no output."
+                f"{fn}: kernel_size {k} (dilated: {eff}) is larger than spatial axis {i} of x "
+                f"padded: length {length} + padding {lo}+{hi} = {length + lo + hi}; x of shape "
+                f"{shape} gives no output."
             )
-        plans.append(windowed_axis(length, k, s, (lo, hi), d, out))
+        windows = windowed_axis(length, k, s, (lo, hi), d, out)
+        empty = empty_windows(windows)
+        if (convention != "caffe" and empty.any()) or empty.all():
+            raise ValueError(
+                f"{fn}: on spatial axis {i} of x of shape {shape} (length {length}), "
+                f"{int(empty.sum())} of {out} windows read only padding (kernel_size {k}, "
+                f"stride {s}, padding {(lo, hi) if lo != hi else lo}, dilation {d}); PyTorch "
+                "refuses these. Use less padding or dilation."
+            )
+        plans.append(windows)
     return plans
 
 

@@ -10,9 +10,17 @@ jit. (Flax has no adaptive pooling; Equinox's windows do not overlap and differ 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, Shaped
 
-from gapjax.pooling._common import accum_dtype, as_array, check_bool, float_dtype, pooling_function
+from gapjax.pooling._common import (
+    SettingTypeError,
+    accum_dtype,
+    as_array,
+    check_bool,
+    float_dtype,
+    pooling_function,
+)
 from gapjax.pooling._windows import (
     AxisWindows,
     adaptive_axis,
@@ -23,7 +31,7 @@ from gapjax.pooling._windows import (
     window_extreme,
     window_sum,
 )
-from gapjax.pooling.window_pool import Input
+from gapjax.pooling.window_pool import Input, empty_result
 
 __all__ = ["adaptive_avg_pool", "adaptive_max_pool"]
 
@@ -34,23 +42,40 @@ def _setup(fn: str, x: Any, output_size, data_format) -> tuple[jax.Array, tuple,
     x = as_array(x, fn)
     n = spatial_rank(x.ndim, output_size, arg="output_size", fn=fn, data_format=data_format)
     axes = spatial_axes(x.ndim, n, data_format)
+    _validate(fn, {"output_size": output_size})
     sizes = (output_size,) * n if not isinstance(output_size, tuple) else output_size
     windows: list[AxisWindows] = []
     for a, size in zip(axes, sizes, strict=True):
         if size is None:
             size = x.shape[a]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(
-                f"{fn}: output_size must be a positive int (or None to keep an axis) per spatial "
-                f"axis, got {output_size!r}."
-            )
         if x.shape[a] < 1:
             raise ValueError(f"{fn}: x of shape {x.shape} has an empty spatial axis {a}.")
         windows.append(adaptive_axis(x.shape[a], size))
     return x, axes, windows
 
 
-@pooling_function(static=("output_size", "data_format"))
+def _validate(fn: str, arguments: dict[str, Any]) -> None:
+    """``output_size``: positive ints (NumPy ints too) or None, checked without data."""
+    if "output_size" not in arguments:
+        return
+    output_size = arguments["output_size"]
+    sizes = output_size if isinstance(output_size, tuple) else (output_size,)
+    for size in sizes:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise SettingTypeError(
+                f"{fn}: output_size must be a positive int (or None to keep an axis) per spatial "
+                f"axis, got {output_size!r}."
+            )
+        if size is not None and size < 1:
+            raise ValueError(
+                f"{fn}: output_size must be a positive int (or None to keep an axis) per spatial "
+                f"axis, got {output_size!r}."
+            )
+    if output_size is None:
+        raise SettingTypeError(f"{fn}: output_size must be an int or a tuple, got None.")
+
+
+@pooling_function(static=("output_size", "data_format"), validate=_validate)
 def adaptive_avg_pool(
     x: Input,
     output_size: OutputSize,
@@ -80,6 +105,9 @@ def adaptive_avg_pool(
       Array([[1., 3.]], dtype=float32)
     """
     x, axes, windows = _setup("adaptive_avg_pool", x, output_size, data_format)
+    empty = empty_result(x, axes, [w.out for w in windows], float_dtype(x.dtype))
+    if empty is not None:
+        return empty
     acc = accum_dtype(x.dtype)
     divisor = grid_product(axes, [w.size for w in windows], x.ndim)
     out = window_sum(x.astype(acc), stages(axes, windows), scale=1.0 / divisor)
@@ -89,6 +117,7 @@ def adaptive_avg_pool(
 @pooling_function(
     static=("output_size", "return_indices", "data_format"),
     checks={"return_indices": check_bool},
+    validate=_validate,
 )
 def adaptive_max_pool(
     x: Input,
@@ -122,5 +151,9 @@ def adaptive_max_pool(
       (Array([[5., 5., 4.]], dtype=float32), Array([[1, 1, 4]], dtype=int32))
     """
     x, axes, windows = _setup("adaptive_max_pool", x, output_size, data_format)
+    outs = [w.out for w in windows]
+    empty = empty_result(x, axes, outs, x.dtype)
+    if empty is not None:
+        return (empty, empty_result(x, axes, outs, jnp.int32)) if return_indices else empty
     out, index = window_extreme(x, stages(axes, windows), largest=True, want_index=return_indices)
     return (out, index) if return_indices else out

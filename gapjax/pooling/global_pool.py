@@ -34,7 +34,9 @@ from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from gapjax.pooling import _kernels
 from gapjax.pooling._common import (
+    DATA_FORMATS,
     Layout,
+    SettingTypeError,
     accum_dtype,
     any_valid,
     as_array,
@@ -55,6 +57,7 @@ from gapjax.pooling._common import (
     propagate_nan,
     resolve_layout,
     safe_divide,
+    safe_power,
     safe_root,
 )
 
@@ -151,6 +154,26 @@ def _mean(x: jax.Array, mask, layout: Layout) -> jax.Array:
     return safe_divide(total, broadcast_sum(mask, layout, x.dtype))
 
 
+def _max_or_zero(x: jax.Array, mask, layout: Layout) -> jax.Array:
+    """``_max``, 0 for an all-masked row (its -inf would turn a mixing weight's gradient NaN)."""
+    out = _max(x, mask, layout)
+    return out if mask is None else jnp.where(any_valid(mask, layout), out, 0)
+
+
+def _log_mean_exp(z: jax.Array, r: jax.Array, mask, layout: Layout) -> jax.Array:
+    """``(1/r) log mean_i exp(r z_i)`` over unmasked positions, for ``z <= 0`` (keepdims r).
+
+    Computed as ``log1p(mean expm1(r z)) / r``, which keeps full precision for small r (log/exp
+    would lose about eps / r). Where r is below the smallest normal float (subnormals are
+    flushed to zero on CPU) the result is the limit ``mean_i z_i``; large r gives ``max z = 0``.
+    """
+    small = r < jnp.finfo(z.dtype).tiny
+    r_safe = jnp.where(small, 1, r)
+    value = jnp.log1p(_mean(jnp.expm1(r_safe * z), mask, layout))
+    value = value / jnp.squeeze(r_safe, layout.axes)
+    return jnp.where(jnp.squeeze(small, layout.axes), _mean(z, mask, layout), value)
+
+
 def _max(x: jax.Array, mask, layout: Layout) -> jax.Array:
     """Max over the unmasked positions (masked ones read the lowest value); the gradient goes
     to the first maximum, as PyTorch's."""
@@ -209,13 +232,32 @@ _SHARED_ARGS = """axis: spatial axes to pool, overriding ``data_format`` (any la
     fill_value: result where every position is masked out."""
 
 
+def _validate_layout(fn: str, arguments: dict[str, Any]) -> None:
+    """The layout settings that need no data (a module checks them when it is built)."""
+    if "data_format" in arguments and arguments["data_format"] not in DATA_FORMATS:
+        raise ValueError(
+            f"{fn}: data_format must be one of {DATA_FORMATS}, got {arguments['data_format']!r}."
+        )
+    axis = arguments.get("axis")
+    if axis is not None and not (
+        (isinstance(axis, int) and not isinstance(axis, bool))
+        or (
+            isinstance(axis, tuple)
+            and all(isinstance(a, int) and not isinstance(a, bool) for a in axis)
+        )
+    ):
+        raise SettingTypeError(f"{fn}: axis must be an int or a tuple of ints, got {axis!r}.")
+
+
 def _api(*static: str, checks=None):
     """Public pooling function: shared docs, jit with the layout arguments static, checks."""
 
     def decorate(fn):
-        return pooling_function(static=_LAYOUT_ARGS + static, checks=checks or {})(
-            fill_doc(fn, shared=_SHARED_ARGS)
-        )
+        return pooling_function(
+            static=_LAYOUT_ARGS + static,
+            checks={"keepdims": check_bool, **(checks or {})},
+            validate=_validate_layout,
+        )(fill_doc(fn, shared=_SHARED_ARGS))
 
     return decorate
 
@@ -392,12 +434,17 @@ def global_lp_pool(
     the p-norm pass ``jnp.abs(x)``. A negative sum (odd p, negative inputs) gives NaN, as in
     PyTorch; a zero sum gives 0 with a finite gradient. Computed as
     ``s (sum (x/s)^p)^(1/p)`` with s the largest magnitude, so, unlike PyTorch, large values
-    or large p do not overflow.
+    or large p do not overflow (p = 1e10 gives the max).
+
+    Valid p: finite and > 0 (inf and NaN raise ValueError: use ``global_max_pool`` for the
+    limit). For p < 1 the derivative of ``x^p`` at ``x = 0`` is infinite: the gradient there is
+    taken as 0. Small p makes the true value grow like ``n^(1/p)`` over n nonzero positions; it
+    is inf where that exceeds the dtype's range.
 
     Args:
       x: input, e.g. ``(batch, height, width, channels)``.
-      p: the power, > 0: a scalar or one value per channel (anything that broadcasts to the
-        pooled output's shape).
+      p: the power, finite and > 0: a scalar or one value per channel (anything that broadcasts
+        to the pooled output's shape).
       {shared}
 
     Returns:
@@ -415,7 +462,7 @@ def global_lp_pool(
     p = prepare_param(p, layout, arg="p", fn="global_lp_pool", dtype=acc)
     xa = x.astype(acc)
     scale = _scale(jnp.abs(xa), mask, layout)
-    out = safe_root(_sum((xa / scale) ** p, mask, layout), jnp.squeeze(p, layout.axes))
+    out = safe_root(_sum(safe_power(xa / scale, p), mask, layout), jnp.squeeze(p, layout.axes))
     out = out * jnp.squeeze(scale, layout.axes)
     return call.done(out)
 
@@ -434,14 +481,17 @@ def gem_pool(
 ) -> Float[Array, "..."]:
     """Generalized-mean (GeM) pooling: ``y = (mean_i max(x_i, eps)^p)^(1/p)``.
 
-    ``p = 1`` is average pooling and ``p -> inf`` approaches max pooling; the paper learns p
-    (initialized at 3), per layer or per channel. Computed as ``s (mean (x/s)^p)^(1/p)`` with
-    s the maximum, so large p or large activations never overflow.
+    ``p = 1`` is average pooling, ``p -> 0`` the geometric mean and ``p -> inf`` max pooling;
+    the paper learns p (initialized at 3), per layer or per channel. Computed in the log domain
+    as ``s exp((1/p) log mean exp(p log(x/s)))`` with s the maximum (see ``lse_pool``), so large
+    p or large activations never overflow and small p keeps its precision: every finite p > 0
+    gives the right value (p = 1e10: the max; p = 1e-10: the geometric mean). p = inf and NaN
+    raise ValueError (use ``global_max_pool``).
 
     Args:
       x: input, e.g. ``(batch, height, width, channels)``.
-      p: the power, > 0: a scalar or one value per channel.
-      eps: lower clamp of the inputs, > 0 (keeps the power and its gradient finite).
+      p: the power, finite and > 0: a scalar or one value per channel.
+      eps: lower clamp of the inputs, finite and > 0 (keeps the power and its gradient finite).
       {shared}
 
     Returns:
@@ -463,7 +513,7 @@ def gem_pool(
     p = prepare_param(p, layout, arg="p", fn="gem_pool", dtype=acc)
     clamped = jnp.maximum(x.astype(acc), eps)
     scale = _scale(clamped, mask, layout)
-    out = safe_root(_mean((clamped / scale) ** p, mask, layout), jnp.squeeze(p, layout.axes))
+    out = jnp.exp(_log_mean_exp(jnp.log(clamped / scale), p, mask, layout))
     out = out * jnp.squeeze(scale, layout.axes)
     return call.done(out)
 
@@ -483,11 +533,13 @@ def lse_pool(
 
     Computed stably as ``x_max + (1/r) log1p(mean_i expm1(r (x_i - x_max)))``: large ``r x``
     never overflows, and small ``r`` keeps full precision (``log``/``exp`` would lose about
-    ``eps / r``). ``r -> 0`` approaches average pooling, ``r -> inf`` max pooling.
+    ``eps / r``). ``r -> 0`` approaches average pooling, ``r -> inf`` max pooling. Valid r:
+    finite and > 0 (inf and NaN raise ValueError); r below the smallest normal float (which
+    CPUs flush to zero) gives the limit, the mean.
 
     Args:
       x: input, e.g. ``(batch, height, width, channels)``.
-      r: the sharpness, > 0: a scalar or one value per channel.
+      r: the sharpness, finite and > 0: a scalar or one value per channel.
       {shared}
 
     Returns:
@@ -509,9 +561,8 @@ def lse_pool(
     r = prepare_param(r, layout, arg="r", fn="lse_pool", dtype=acc)
     xa = x.astype(acc)
     shift = _shift(xa, mask, layout)
-    # mean(exp(.)) - 1, in (-1, 0]; 0 for an all-masked row, whose result is replaced anyway.
-    mean_expm1 = _mean(jnp.expm1(r * (xa - shift)), mask, layout)
-    out = jnp.squeeze(shift, layout.axes) + jnp.log1p(mean_expm1) / jnp.squeeze(r, layout.axes)
+    # An all-masked row gives 0 here; its result is replaced anyway.
+    out = jnp.squeeze(shift, layout.axes) + _log_mean_exp(xa - shift, r, mask, layout)
     return call.done(out)
 
 
@@ -605,7 +656,7 @@ def _mean_of_first(sorted_v: jax.Array, k_row: jax.Array) -> jax.Array:
     return safe_divide(jnp.sum(jnp.where(take, sorted_v, 0), axis=-1), k_row)
 
 
-@_api("k", "k_min", "halve", checks={"alpha": check_finite})
+@_api("k", "k_min", "halve", checks={"alpha": check_finite, "halve": check_bool})
 def topk_pool(
     x: Input,
     k: int | float,
@@ -731,7 +782,7 @@ def mixed_pool(
         prepare_param(alpha, layout, arg="alpha", fn="mixed_pool", dtype=acc), layout.axes
     )
     xa = x.astype(acc)
-    out = alpha * _max(xa, mask, layout) + (1 - alpha) * _mean(xa, mask, layout)
+    out = alpha * _max_or_zero(xa, mask, layout) + (1 - alpha) * _mean(xa, mask, layout)
     return call.done(out)
 
 
@@ -763,7 +814,7 @@ def avgmax_pool(
     call = _setup("avgmax_pool", x, axis, data_format, keepdims, mask, fill_value)
     x, layout, mask = call.x, call.layout, call.mask
     xa = x.astype(accum_dtype(x.dtype))
-    out = 0.5 * (_mean(xa, mask, layout) + _max(xa, mask, layout))
+    out = 0.5 * (_mean(xa, mask, layout) + _max_or_zero(xa, mask, layout))
     return call.done(out)
 
 
@@ -805,7 +856,8 @@ def catavgmax_pool(
         )
     xa = x.astype(accum_dtype(x.dtype))
     parts = [
-        call.done(part, keepdims=True) for part in (_mean(xa, mask, layout), _max(xa, mask, layout))
+        call.done(part, keepdims=True)
+        for part in (_mean(xa, mask, layout), _max_or_zero(xa, mask, layout))
     ]
     out = jnp.concatenate(parts, axis=layout.concat_axis)
     return out if keepdims else jnp.squeeze(out, layout.axes)

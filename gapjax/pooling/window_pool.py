@@ -37,14 +37,18 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, Shaped
 
 from gapjax.pooling._common import (
+    DATA_FORMATS,
+    SettingTypeError,
     accum_dtype,
     as_array,
     check_bool,
+    check_optional_bool,
     check_positive,
     fill_doc,
     float_dtype,
     pooling_function,
     safe_divide,
+    safe_power,
     safe_root,
 )
 from gapjax.pooling._windows import (
@@ -94,13 +98,58 @@ _MAX_DOC_RETURNS = """Returns:
       positions (row-major: ``h * W + w`` in 2-D, as PyTorch), -1 for an empty window."""
 
 
+def _rank(value: Any) -> int:
+    """How many spatial axes a size setting names (1 for an int: checked per entry)."""
+    return len(value) if isinstance(value, tuple) else 1
+
+
+def validate_settings(fn: str, arguments: dict[str, Any]) -> None:
+    """The window settings that need no data: sizes >= 1, padding >= 0, known names.
+
+    Runs before every call and when a module is built (``nn.MaxPool(0)`` fails there).
+    """
+    for arg in ("kernel_size", "stride", "dilation"):
+        value = arguments.get(arg)
+        if value is not None and _rank(value) <= 3:  # more entries: the call names x's rank
+            per_axis(value, _rank(value), arg=arg, fn=fn, minimum=1)
+    padding = arguments.get("padding")
+    if padding is not None:
+        parse_padding(padding, 1 if isinstance(padding, str) else _rank(padding), fn)
+    if "convention" in arguments:
+        check_convention(arguments["convention"], fn)
+    if "data_format" in arguments and arguments["data_format"] not in DATA_FORMATS:
+        raise ValueError(
+            f"{fn}: data_format must be one of {DATA_FORMATS}, got {arguments['data_format']!r}."
+        )
+    divisor = arguments.get("divisor_override")
+    if divisor is not None and (
+        isinstance(divisor, bool) or not isinstance(divisor, int) or divisor <= 0
+    ):
+        raise SettingTypeError(f"{fn}: divisor_override must be a positive int, got {divisor!r}.")
+
+
 def _api(*static: str, checks=None):
     def decorate(fn):
-        return pooling_function(static=_STATIC + static, checks=checks or {})(
-            fill_doc(fn, shared=_SHARED_ARGS, returns=_MAX_DOC_RETURNS)
-        )
+        return pooling_function(
+            static=_STATIC + static,
+            checks={"ceil_mode": check_optional_bool, **(checks or {})},
+            validate=validate_settings,
+        )(fill_doc(fn, shared=_SHARED_ARGS, returns=_MAX_DOC_RETURNS))
 
     return decorate
+
+
+def empty_result(x: jax.Array, axes: tuple[int, ...], outs: Any, dtype: Any) -> jax.Array | None:
+    """Zeros of the output's shape when x has no elements (a size-0 batch or channel axis).
+
+    The tap engine is never reached with an empty array; the gradient is zeros of x's shape.
+    """
+    if x.size:
+        return None
+    shape = list(x.shape)
+    for a, n in zip(axes, outs, strict=True):
+        shape[a] = n
+    return jnp.zeros(shape, dtype)
 
 
 def _setup(
@@ -157,7 +206,7 @@ def _setup(
 # --------------------------------------------------------------------------------------------
 
 
-@_api("count_include_pad", "divisor_override")
+@_api("count_include_pad", "divisor_override", checks={"count_include_pad": check_optional_bool})
 def avg_pool(
     x: Input,
     kernel_size: Size,
@@ -216,6 +265,9 @@ def avg_pool(
         )
     if count_include_pad is None:
         count_include_pad = not isinstance(padding, str)
+    empty = empty_result(x, axes, [w.out for w in windows], float_dtype(x.dtype))
+    if empty is not None:
+        return empty
     acc = accum_dtype(x.dtype)
     plan = stages(axes, windows)
     if divisor_override is not None:
@@ -267,9 +319,13 @@ def lp_pool(
     x, axes, windows = _setup(
         fn, x, kernel_size, stride, padding, 1, ceil_mode, convention, data_format
     )
+    empty = empty_result(x, axes, [w.out for w in windows], float_dtype(x.dtype))
+    if empty is not None:
+        return empty
     acc = accum_dtype(x.dtype)
-    total = window_sum(x.astype(acc) ** p, stages(axes, windows))
-    cells = float(np.prod([w.taps for w in windows]))
+    total = window_sum(safe_power(x.astype(acc), p), stages(axes, windows))
+    kernel = per_axis(kernel_size, len(axes), arg="kernel_size", fn=fn, minimum=1)
+    cells = float(np.prod(kernel))
     inside = grid_product(axes, [w.inside for w in windows], x.ndim)
     if (inside != cells).any():
         total = total * jnp.asarray(cells / np.maximum(inside, 1), acc)
@@ -298,6 +354,10 @@ def _extreme_pool(
     x, axes, windows = _setup(
         fn, x, kernel_size, stride, padding, dilation, ceil_mode, convention, data_format
     )
+    outs = [w.out for w in windows]
+    empty = empty_result(x, axes, outs, x.dtype)
+    if empty is not None:
+        return (empty, empty_result(x, axes, outs, jnp.int32)) if return_indices else empty
     floor = None
     if convention == "caffe" and jnp.issubdtype(x.dtype, jnp.floating):
         # Caffe starts from -FLT_MAX: an empty window (or one of -inf) gives it, not -inf.
@@ -410,7 +470,10 @@ def min_pool(
     )
 
 
-@pooling_function(static=("kernel_size", "stride", "padding", "output_size", "data_format"))
+@pooling_function(
+    static=("kernel_size", "stride", "padding", "output_size", "data_format"),
+    validate=validate_settings,
+)
 def max_unpool(
     x: Input,
     indices: Shaped[ArrayLike, "..."],
@@ -474,7 +537,9 @@ def max_unpool(
         size = tuple(output_size)
         if len(size) == x.ndim:
             size = tuple(size[a] for a in axes)
-        if len(size) != n or not all(isinstance(v, int) and v > 0 for v in size):
+        if len(size) != n or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+        ):
             raise ValueError(
                 f"{fn}: output_size must give the {n} spatial sizes (or x's full output shape), "
                 f"got {output_size!r}."
@@ -488,6 +553,9 @@ def max_unpool(
                 )
     if any(v < 1 for v in size):
         raise ValueError(f"{fn}: the unpooled spatial size {size} is empty; pass output_size.")
+    empty = empty_result(x, axes, size, x.dtype)
+    if empty is not None:
+        return empty
     # Move the spatial axes last, flatten them, scatter along that one axis.
     rest = [i for i in range(x.ndim) if i not in axes]
     xt = jnp.transpose(x, (*rest, *axes)).reshape(*(x.shape[i] for i in rest), -1)
@@ -559,6 +627,9 @@ def stochastic_pool(
     )
     if train and key is None:
         raise ValueError(f"{fn}: train=True samples positions and needs key=jax.random.key(...).")
+    empty = empty_result(x, axes, [w.out for w in windows], float_dtype(x.dtype))
+    if empty is not None:
+        return empty
     stage = Stage(axes, tuple(windows))
     xa = x.astype(accum_dtype(x.dtype))
     taps = stage.taps(xa, 0)

@@ -636,7 +636,7 @@ def test_stochastic_train_is_deterministic_given_the_key_and_jit_equals_eager(rn
         ),
         (
             lambda: gapjax.global_stochastic_pool(jnp.ones((2, 3, 4)), train=1),
-            r"train must be a Python bool",
+            r"train must be a bool",
         ),
     ],
 )
