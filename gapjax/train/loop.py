@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -539,13 +540,23 @@ def _clock(seconds: float) -> str:
 
 def _metrics_log(path: Path, resume_epoch: int) -> Any:
     """Opens metrics.jsonl for appending, first dropping records past the resumed epoch (a
-    killed run may have logged epochs that no checkpoint holds)."""
+    killed run may have logged epochs that no checkpoint holds) and lines that are not JSON
+    records (a run killed while writing one), with a warning naming them."""
     if path.exists():
-        kept = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", 0) <= resume_epoch
-        ]
+        kept, dropped = [], []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+                epoch = record.get("epoch", 0) if record is not None else None
+            except (ValueError, AttributeError):
+                dropped.append(number)
+                continue
+            if epoch is not None and epoch <= resume_epoch:
+                kept.append(line)
+        if dropped:
+            warnings.warn(
+                f"{path}: dropped lines {dropped}, which are not JSON records.", stacklevel=3
+            )
         path.write_text("".join(line + "\n" for line in kept))
     return path.open("a")
 
@@ -589,11 +600,22 @@ def _environment() -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError naming the file if it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON (damaged?): {e}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}.")
+    return value
+
+
 def _check_resume_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     saved_path = workdir / "config.json"
     if not saved_path.exists():
         return
-    saved = json.loads(saved_path.read_text())
+    saved = _read_json(saved_path)
     current = json.loads(config.to_json())
     changed = sorted(
         k
@@ -702,9 +724,10 @@ def run(
     state = jax.device_put(state, replicated)
 
     checkpoints = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    start_epoch = checkpoints.latest_epoch() or 0
-    if start_epoch:
-        state = checkpoints.restore(start_epoch, like=state)
+    # The newest checkpoint that restores (a damaged newer one is set aside with a warning);
+    # checkpoints that all fail raise CheckpointError: a run never starts over silently.
+    start_epoch, state = checkpoints.restore_latest(like=state, set_aside=True)
+    start_epoch = start_epoch or 0
     log = _metrics_log(workdir / "metrics.jsonl", start_epoch)
     board = writer(str(workdir / "tensorboard")) if writer is not None else None
 
@@ -810,22 +833,26 @@ def restore_model(workdir: str | Path, *, epoch: int | None = None) -> tuple[nnx
     """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
-    if not config_path.exists():
+    if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = ml_collections.ConfigDict(_read_json(config_path))
     if isinstance(config.lr_boundaries, list):
         config.lr_boundaries = tuple(config.lr_boundaries)
     model = build_model(config)
     model.train()
     graph_train, params, rest = nnx.split(model, nnx.Param, ...)
-    checkpoints = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    epoch = checkpoints.latest_epoch() if epoch is None else epoch
-    if epoch is None:
-        raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint.")
     _, tx = build_optimizer(config, params, model, 1)  # only the state's structure matters
     like = TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
-    state = checkpoints.restore(epoch, like=like)
-    checkpoints.close()
+    checkpoints = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+        if epoch is None:  # the newest that restores, warning about damaged newer ones
+            epoch, state = checkpoints.restore_latest(like=like)
+            if epoch is None:
+                raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint.")
+        else:
+            state = checkpoints.restore(epoch, like=like)
+    finally:
+        checkpoints.close()
     model = nnx.merge(graph_train, state.params, state.rest)
     model.eval()
     return model, config
