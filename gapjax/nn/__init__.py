@@ -5,9 +5,11 @@ are in ``gapjax.nn.linen``. Modules hold settings and parameters and call the fu
 ``gapjax.pooling``: the math is written once.
 """
 
+from gapjax.nn.conv import *  # noqa: F403
+from gapjax.nn.conv import __all__ as _conv_all
 from gapjax.nn.mlpconv import *  # noqa: F403
 from gapjax.nn.mlpconv import __all__ as _mlpconv_all
 from gapjax.nn.pooling import *  # noqa: F403
 from gapjax.nn.pooling import __all__ as _pooling_all
 
-__all__ = [*_pooling_all, *_mlpconv_all]
+__all__ = [*_pooling_all, *_conv_all, *_mlpconv_all]

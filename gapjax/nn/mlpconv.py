@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
+from gapjax.nn.conv import Conv
+
 __all__ = ["MLPConv"]
 
 LECUN_NORMAL = nnx.initializers.lecun_normal()  # Flax's default kernel init
@@ -83,7 +85,7 @@ class MLPConv(nnx.Module):
         widths = (in_features, *features)
         self.layers = nnx.List(
             [
-                nnx.Conv(
+                Conv(
                     widths[i],
                     widths[i + 1],
                     kernel if i == 0 else (1,) * len(kernel),

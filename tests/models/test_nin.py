@@ -1,5 +1,6 @@
 """NIN: the paper's parameter counts and spatial sizes, heads, dropout, init, transformations."""
 
+import dataclasses
 import functools
 
 import jax
@@ -221,3 +222,54 @@ def test_errors():
     bad = nin.NINSpec("bad", (8, 8, 1), nin.SPECS["digits"].blocks, ("max", "max"))
     with pytest.raises(ValueError, match="one pool"):
         nin.NIN(bad, rngs=nnx.Rngs(0))
+
+
+def _with_nnx_convolutions(model):
+    """The model as it was before gapjax.nn.Conv: every layer on lax.conv_general_dilated."""
+    reference = nnx.clone(model)
+    for block in reference.blocks:
+        for layer in block.layers:
+            layer.conv_general_dilated = jax.lax.conv_general_dilated
+    return reference
+
+
+def test_cifar10_forward_and_gradients_match_the_nnx_conv_implementation():
+    model = nin.nin_cifar10(rngs=nnx.Rngs(0))
+    model.eval()
+    reference = _with_nnx_convolutions(model)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+    def loss(m):
+        return jnp.sum(m(x) * jnp.arange(10.0))
+
+    grads = jax.jit(nnx.grad(loss))(model)
+    ref_grads = jax.jit(nnx.grad(loss))(reference)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_forward_and_gradient_export_for_cpu_cuda_and_tpu():
+    model = digits_model()
+    model.eval()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def forward(params, x):
+        return nnx.merge(graphdef, params, rest)(x)
+
+    def gradient(params, x):
+        return jax.grad(lambda p: jnp.sum(forward(p, x) ** 2))(params)
+
+    for fn in (forward, gradient):
+        exported = jax.export.export(jax.jit(fn), platforms=("cpu", "cuda", "tpu"))(params, X)
+        assert "custom_call" not in exported.mlir_module()
+    got, want = exported.call(params, X), jax.jit(gradient)(params, X)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("rate", [1.5, 1.0, -0.1, float("nan"), True, "0.5"])
+def test_impossible_dropout_rate_is_refused_when_built(rate):
+    spec = dataclasses.replace(nin.SPECS["digits"], dropout=rate)
+    with pytest.raises(ValueError, match=r"NIN: spec.dropout .*\[0, 1\)"):
+        nin.NIN(spec, rngs=nnx.Rngs(0))

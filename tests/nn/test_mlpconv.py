@@ -76,3 +76,61 @@ def test_mlpconv_errors():
         nn.MLPConv(3, (4,), kernel_size=0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="2 initializers for 3 layers"):
         nn.MLPConv(3, (4, 4, 4), kernel_init=[jax.nn.initializers.zeros] * 2, rngs=nnx.Rngs(0))
+
+
+def test_layers_keep_nnx_conv_parameters_and_paths():
+    block = nn.MLPConv(3, (6, 5), kernel_size=3, rngs=nnx.Rngs(0))
+    assert all(isinstance(layer, nnx.Conv) for layer in block.layers)
+    paths = {path: v.shape for path, v in nnx.to_flat_state(nnx.state(block, nnx.Param))}
+    assert paths == {
+        ("layers", 0, "kernel"): (3, 3, 3, 6),
+        ("layers", 0, "bias"): (6,),
+        ("layers", 1, "kernel"): (1, 1, 6, 5),
+        ("layers", 1, "bias"): (5,),
+    }
+    # The same parameters as the nnx.Conv-based block (same initializer calls, same order).
+    reference = nnx.Conv(3, 6, (3, 3), padding=[(1, 1), (1, 1)], rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(block.layers[0].kernel[...], reference.kernel[...])
+
+
+@pytest.mark.parametrize("spatial", [(9,), (6, 7), (4, 5, 3)])
+def test_mlpconv_matches_nnx_conv_block_values_and_gradients(spatial):
+    kernel = (3,) * len(spatial)
+    block = nn.MLPConv(2, (4, 3), kernel_size=kernel, padding=1, rngs=nnx.Rngs(0))
+    reference = nnx.clone(block)
+    for layer in reference.layers:
+        layer.conv_general_dilated = jax.lax.conv_general_dilated  # nnx.Conv's own
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *spatial, 2)), jnp.float32)
+
+    def loss(model, x):
+        return jnp.sum(model(x) ** 2)
+
+    (v1, (g1, dx1)), (v2, (g2, dx2)) = [
+        jax.jit(nnx.value_and_grad(loss, argnums=(0, 1)))(m, x) for m in (block, reference)
+    ]
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_mlpconv_exports_forward_and_gradient_for_every_platform():
+    block = nn.MLPConv(3, (8, 4), kernel_size=5, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(block)
+    x = jnp.ones((2, 8, 8, 3))
+
+    def forward(params, x):
+        return nnx.merge(graphdef, params)(x)
+
+    def gradient(params, x):
+        return jax.grad(lambda p, x: jnp.sum(forward(p, x) ** 2), argnums=(0, 1))(params, x)
+
+    for fn in (forward, gradient):
+        exported = jax.export.export(jax.jit(fn), platforms=("cpu", "cuda", "tpu"))(params, x)
+        text = exported.mlir_module()
+        assert "custom_call" not in text
+        assert "stablehlo.convolution" in text  # the GPU/TPU branch keeps XLA's convolution
+        assert exported.platforms == ("cpu", "cuda", "tpu")
+    # The exported program runs here and gives the block's result.
+    exported = jax.export.export(jax.jit(forward), platforms=("cpu", "cuda", "tpu"))(params, x)
+    np.testing.assert_allclose(exported.call(params, x), block(x), rtol=1e-6)

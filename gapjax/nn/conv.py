@@ -1,0 +1,332 @@
+"""Convolutions that XLA:CPU runs at matrix-product speed: ``conv_general_dilated`` and ``Conv``.
+
+On CPU, XLA (jaxlib 0.10) runs ``lax.conv_general_dilated``'s weight gradient far below the
+speed of a matrix product of the same size (a 1x1 convolution's, batch 128 at 32x32, 10-40x
+slower), which makes small CNNs such as NIN train several times slower than PyTorch. Here a
+channels-last convolution is written, on CPU only, as what it is: one matrix product over the
+channel axis (1x1 kernels), or over the channels of the ``prod(kernel)`` shifted views of the
+padded input concatenated on the channel axis (im2col, k x k kernels). The product is a
+``jax.custom_vjp`` whose two gradients are matrix products too, with the weight gradient's long
+contraction (over batch and positions) split into a few independent products so that every
+core gets one. Reverse mode through the im2col is XLA's own transpose of slices and a
+concatenation: the input gradient is a sum of padded slices (col2im). Other backends (GPU, TPU)
+keep ``lax.conv_general_dilated`` (cuDNN), chosen at lowering time by ``lax.platform_dependent``;
+so do the layouts and options the formulation does not cover (channels first, dilation, feature
+groups). The results are those of ``lax.conv_general_dilated`` up to float rounding (the sums
+run in a different order).
+
+Measurements are in ``benchmarks/results/`` (``benchmarks/conv_cpu.py`` and
+``benchmarks/train_throughput.py``).
+"""
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+from jaxtyping import Array, ArrayLike, Float, Shaped
+
+__all__ = ["Conv", "conv_general_dilated"]
+
+# The weight gradient's contraction over (batch x positions) rows is split into this many
+# independent products (one per core and then some); fewer when the rows do not divide.
+_DW_GROUPS = (8, 4, 2)
+_DW_MIN_ROWS = 512  # rows per group below which one product is as good
+
+
+def conv_general_dilated(
+    lhs: Shaped[ArrayLike, "..."],
+    rhs: Shaped[ArrayLike, "..."],
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    out_sharding: Any = None,
+) -> Shaped[Array, "..."]:
+    """``lax.conv_general_dilated``, computed on CPU as matrix products (im2col + dot).
+
+    ``out[b, p, o] = sum_{t, c} x_pad[b, s * p + t, c] * kernel[t, c, o]`` over the kernel taps
+    ``t`` and input channels ``c`` (a cross-correlation, as in ``lax``). Same arguments and
+    result as ``lax.conv_general_dilated``, so it can be handed to ``nnx.Conv`` as its
+    ``conv_general_dilated``. On CPU, channels-last inputs (``lhs`` ``(batch, *spatial, in)``,
+    ``rhs`` ``(*kernel, in, out)``) without dilation or feature groups take the matrix-product
+    formulation, forward and both gradients; everything else, and every other backend, is
+    ``lax.conv_general_dilated`` itself.
+
+    Args:
+      lhs: the input, ``(batch, *spatial, in)`` for the fast path.
+      rhs: the kernel, ``(*kernel, in, out)`` for the fast path.
+      window_strides: one stride per spatial axis.
+      padding: "SAME", "SAME_LOWER", "VALID", or one ``(lo, hi)`` pair per spatial axis.
+      lhs_dilation: input dilation (fast path: none).
+      rhs_dilation: kernel dilation (fast path: none).
+      dimension_numbers: as in ``lax`` (e.g. ``("NHWC", "HWIO", "NHWC")``); the fast path
+        needs channels last, which is what ``nnx.Conv`` passes.
+      feature_group_count: as in ``lax`` (fast path: 1).
+      batch_group_count: as in ``lax`` (fast path: 1).
+      precision: as in ``lax``; passed to the products.
+      preferred_element_type: as in ``lax``; the products' accumulation and result type.
+      out_sharding: as in ``lax`` (fast path: None).
+
+    Returns:
+      ``(batch, *spatial_out, out)`` for channels-last inputs: what ``lax`` returns.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jax import lax
+      >>> from gapjax import nn
+      >>> x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+      >>> dn = ("NHWC", "HWIO", "NHWC")
+      >>> y = nn.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dn)
+      >>> y.shape, float(y[0, 0, 0, 0]), float(y[0, 4, 4, 0])
+      ((2, 8, 8, 4), 12.0, 27.0)
+      >>> bool(jnp.allclose(y, lax.conv_general_dilated(x, k, (1, 1), "SAME",
+      ...                                                dimension_numbers=dn)))
+      True
+
+    References:
+      Chellapilla, Puri, Simard, "High Performance Convolutional Neural Networks for Document
+      Processing", IWFHR 2006 (convolution as unrolled patches times a matrix).
+    """
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    kwargs = dict(
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+    )
+    if _plan(lhs, rhs, **kwargs) is None:
+        return _default(lhs, rhs, **kwargs)
+    return lax.platform_dependent(
+        lhs,
+        rhs,
+        cpu=functools.partial(_cpu, **kwargs),
+        default=functools.partial(_default, **kwargs),
+    )
+
+
+def _default(lhs: jax.Array, rhs: jax.Array, *, out_sharding: Any = None, **kwargs) -> jax.Array:
+    """XLA's own convolution (every backend but CPU, and what the CPU path does not cover)."""
+    if out_sharding is not None:
+        kwargs["out_sharding"] = out_sharding
+    return lax.conv_general_dilated(lhs, rhs, **kwargs)
+
+
+def _cpu(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
+    """The matrix-product formulation, whatever the platform (for CPU, and for the tests)."""
+    plan = _plan(lhs, rhs, **kwargs)
+    if plan is None:
+        raise ValueError(
+            f"conv_general_dilated: no matrix-product path for lhs {lhs.shape}, rhs "
+            f"{rhs.shape} and {kwargs}."
+        )
+    strides, pads = plan
+    return _conv_cpu(
+        lhs,
+        rhs,
+        strides=strides,
+        pads=pads,
+        precision=kwargs.get("precision"),
+        preferred_element_type=kwargs.get("preferred_element_type"),
+    )
+
+
+def _plan(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    *,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Any = None,
+    rhs_dilation: Any = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    out_sharding: Any = None,
+    **_: Any,
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]] | None:
+    """(strides, per-axis (lo, hi) pads) when the matrix-product path applies, else None."""
+    strides, lhs_dil, rhs_dil, dn = window_strides, lhs_dilation, rhs_dilation, dimension_numbers
+    fgc, bgc = feature_group_count, batch_group_count
+    n = lhs.ndim - 2
+    if n < 1 or rhs.ndim != lhs.ndim or fgc != 1 or bgc != 1 or out_sharding is not None:
+        return None
+    if any(d != 1 for d in (lhs_dil or ())) or any(d != 1 for d in (rhs_dil or ())):
+        return None
+    if dn is None:
+        return None  # lax's default is channels first (NCHW, OIHW)
+    spec = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn)
+    last = (0, n + 1, *range(1, n + 1))
+    if spec.lhs_spec != last or spec.out_spec != last:
+        return None
+    if spec.rhs_spec != (n + 1, n, *range(n)):
+        return None
+    if not (jnp.issubdtype(lhs.dtype, jnp.floating) and jnp.issubdtype(rhs.dtype, jnp.floating)):
+        return None
+    strides = tuple(int(s) for s in strides)
+    window = rhs.shape[:n]
+    if len(strides) != n or rhs.shape[-2] != lhs.shape[-1]:
+        return None  # lax raises its own error
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(lhs.shape[1:-1], window, strides, padding)
+    else:
+        pads = padding
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if len(pads) != n:
+        return None
+    outs = [
+        (size + lo + hi - k) // s + 1
+        for size, (lo, hi), k, s in zip(lhs.shape[1:-1], pads, window, strides, strict=True)
+    ]
+    if min(outs) <= 0 or lhs.shape[0] == 0 or min(window) <= 0:
+        return None
+    return strides, pads
+
+
+def _conv_cpu(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    strides: tuple[int, ...],
+    pads: tuple[tuple[int, int], ...],
+    precision: Any,
+    preferred_element_type: Any,
+) -> jax.Array:
+    """The channels-last convolution as im2col + one matrix product (1x1: the product alone).
+
+    The patches' features are ordered (tap, channel) with the taps in row-major order of the
+    kernel window, which is the order of ``kernel.reshape(-1, out)`` for a ``(*kernel, in,
+    out)`` kernel.
+    """
+    n = x.ndim - 2
+    window = kernel.shape[:n]
+    dtype = jnp.result_type(x.dtype, kernel.dtype)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if any(lo or hi for lo, hi in pads):
+        x = lax.pad(
+            x, jnp.zeros((), dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)]
+        )
+    batch, channels = x.shape[0], x.shape[-1]
+    outs = tuple((x.shape[1 + d] - window[d]) // strides[d] + 1 for d in range(n))
+    taps = []
+    for offset in itertools.product(*(range(k) for k in window)):
+        limit = tuple(o + (m - 1) * s + 1 for o, m, s in zip(offset, outs, strides, strict=True))
+        taps.append(lax.slice(x, (0, *offset, 0), (batch, *limit, channels), (1, *strides, 1)))
+    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    rows = batch * math.prod(outs)
+    y = _matmul(
+        cols.reshape(rows, len(taps) * channels),
+        kernel.reshape(len(taps) * channels, kernel.shape[-1]),
+        precision,
+        preferred_element_type,
+    )
+    return y.reshape(batch, *outs, kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(a: jax.Array, b: jax.Array, precision: Any, preferred: Any) -> jax.Array:
+    """``a @ b`` for 2-D ``a`` (rows, k) and ``b`` (k, out), with fast CPU gradients."""
+    return lax.dot_general(
+        a, b, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=preferred
+    )
+
+
+def _matmul_fwd(a, b, precision, preferred):
+    return _matmul(a, b, precision, preferred), (a, b)
+
+
+def _matmul_bwd(precision, preferred, res, g):
+    a, b = res
+    g = g.astype(jnp.result_type(a.dtype, b.dtype)) if preferred is not None else g
+    # da = g @ b.T, contracting both on their last axis (no transposed copy of b).
+    da = lax.dot_general(g, b, (((1,), (1,)), ((), ())), precision=precision)
+    # db = a.T @ g: a contraction over every row. XLA:CPU runs one such product on one core at
+    # a time; split the rows into groups, one batched product, then a small sum.
+    rows = a.shape[0]
+    groups = next((k for k in _DW_GROUPS if rows % k == 0 and rows // k >= _DW_MIN_ROWS), 1)
+    acc = jnp.float32 if jnp.dtype(b.dtype).itemsize < 4 else None
+    if groups == 1:
+        db = lax.dot_general(
+            a, g, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=acc
+        )
+    else:
+        db = lax.dot_general(
+            a.reshape(groups, rows // groups, a.shape[1]),
+            g.reshape(groups, rows // groups, g.shape[1]),
+            (((1,), (1,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc or b.dtype,
+        ).sum(0)
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Conv(nnx.Conv):
+    """``flax.nnx.Conv`` whose convolution runs at matrix-product speed on CPU.
+
+    A drop-in for ``nnx.Conv``: the same constructor arguments, the same parameters (``kernel``
+    ``(*kernel_size, in_features // feature_group_count, out_features)`` and ``bias``), the
+    same initialization and results; ``nnx.Conv`` state loads into it and back. Only the
+    convolution differs: ``conv_general_dilated`` of this module, which on CPU computes the
+    (channels-last, undilated, ungrouped) convolution and both its gradients as matrix products
+    and elsewhere is ``lax.conv_general_dilated``.
+
+    Args:
+      in_features: input channels.
+      out_features: output channels.
+      kernel_size: an int or one size per spatial axis.
+      strides: an int or one per spatial axis.
+      **kwargs: every other ``nnx.Conv`` argument (padding, dtype, param_dtype, kernel_init,
+        bias_init, use_bias, precision, rngs, ...). ``conv_general_dilated`` defaults to this
+        module's.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from gapjax import nn
+      >>> conv = nn.Conv(3, 16, (5, 5), padding=2, rngs=nnx.Rngs(0))
+      >>> conv(jnp.ones((4, 32, 32, 3))).shape
+      (4, 32, 32, 16)
+      >>> reference = nnx.Conv(3, 16, (5, 5), padding=2, rngs=nnx.Rngs(0))
+      >>> bool(jnp.allclose(conv.kernel[...], reference.kernel[...]))
+      True
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] | None = 1,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("conv_general_dilated", conv_general_dilated)
+        super().__init__(in_features, out_features, kernel_size, strides, **kwargs)
+
+    def __call__(
+        self, inputs: Float[ArrayLike, "*batch channels"], out_sharding: Any = None
+    ) -> Float[Array, "..."]:
+        """Applies the convolution (``nnx.Conv.__call__``).
+
+        Returns:
+          ``(*batch, *spatial_out, out_features)``.
+        """
+        return super().__call__(inputs, out_sharding=out_sharding)
