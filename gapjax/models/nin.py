@@ -14,6 +14,7 @@ conv1, 0.01 for cccp1-2), biases 0. ``model.train()`` / ``model.eval()`` switch 
 """
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -200,6 +201,12 @@ class NIN(nnx.Module):
     ):
         if init not in ("spec", "he"):
             raise ValueError(f"NIN: init must be 'spec' or 'he', got {init!r}.")
+        rate = spec.dropout
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+            raise ValueError(
+                f"NIN: spec.dropout (the dropout rate) must lie in [0, 1), got {rate!r} "
+                f"(spec {spec.name!r})."
+            )
         if len(spec.pools) != len(spec.blocks) - 1 or any(
             p not in ("max", "avg") for p in spec.pools
         ):

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from gapjax import pooling
-from gapjax.nn.pooling import positive
+from gapjax.nn.pooling import _masked, _positive_int, positive
+from gapjax.pooling._common import check_bool
 
 __all__ = [
     "GWAP",
@@ -57,6 +58,18 @@ class _Global(nn.Module):
     data_format: str = "channels_last"
     keepdims: bool = False
     fill_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Checks the settings when the module is built, as the NNX modules do."""
+        try:
+            self._check()
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{type(self).__name__}: {e}") from None
+        super().__post_init__()
+
+    def _check(self) -> None:
+        fn = getattr(type(self), "function", pooling.global_avg_pool)
+        fn.settings(**self.settings())
 
     def settings(self) -> dict[str, Any]:
         """The dataclass fields, as the function's keyword arguments.
@@ -204,6 +217,20 @@ class _Learnable(_Global, kw_only=True):
     learnable: bool = True
     param_dtype: Any = jnp.float32
 
+    def _check(self) -> None:
+        owner = type(self).__name__
+        _positive_int(owner, "channels", self.channels, optional=True)
+        check_bool(owner, "learnable", self.learnable)
+        type(self).function.settings(**self.initial(), **self.settings())
+
+    def initial(self) -> dict[str, Any]:
+        """The initial value of the learned setting, as the function's keyword argument.
+
+        Returns:
+          A one-entry dict, e.g. ``{"p": 3.0}``.
+        """
+        return {}
+
     def _param(self, name: str, value: float) -> Any:
         if not self.learnable:
             return value
@@ -233,8 +260,12 @@ class GeMPool(_Learnable, kw_only=True):
       Array([3., 3., 3.], dtype=float32)
     """
 
+    function = staticmethod(pooling.gem_pool)
     p_init: float = 3.0
     eps: float = 1e-6
+
+    def initial(self) -> dict[str, Any]:
+        return {"p": self.p_init, "eps": self.eps}
 
     @nn.compact
     def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
@@ -259,7 +290,11 @@ class LSEPool(_Learnable, kw_only=True):
       Array([[3.]], dtype=float32)
     """
 
+    function = staticmethod(pooling.lse_pool)
     r_init: float = 5.0
+
+    def initial(self) -> dict[str, Any]:
+        return {"r": self.r_init}
 
     @nn.compact
     def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
@@ -283,7 +318,11 @@ class MixedPool(_Learnable, kw_only=True):
       Array([[2.5]], dtype=float32)
     """
 
+    function = staticmethod(pooling.mixed_pool)
     alpha_init: float = 0.5
+
+    def initial(self) -> dict[str, Any]:
+        return {"alpha": self.alpha_init}
 
     @nn.compact
     def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
@@ -315,6 +354,11 @@ class GWAP(_Global, kw_only=True):
     transform: str | Callable = "softplus"
     param_dtype: Any = jnp.float32
 
+    def _check(self) -> None:
+        check_bool("GWAP", "class_specific", self.class_specific)
+        positive(self.transform)
+        pooling.weighted_avg_pool.settings(**self.layout())
+
     @nn.compact
     def __call__(self, x: Input, *, mask: Mask = None) -> Float[Array, "..."]:
         """Pools x with the learned weights.
@@ -324,7 +368,7 @@ class GWAP(_Global, kw_only=True):
         """
         if self.axis is not None:
             raise ValueError("GWAP: use data_format; axis is not supported.")
-        x = jnp.asarray(x)
+        x = _masked(x, mask, self.data_format, "GWAP")  # no NaN behind the mask in the Dense
         last = self.data_format == "channels_last"
         channels = x.shape[-1] if last else x.shape[1]
         h = x if last else jnp.moveaxis(x, 1, -1)
@@ -360,6 +404,11 @@ class GlobalStochasticPool(_Global, kw_only=True):
 
     deterministic: bool | None = None
     rng_collection: str = "dropout"
+
+    def _check(self) -> None:
+        if self.deterministic is not None:
+            check_bool("GlobalStochasticPool", "deterministic", self.deterministic)
+        pooling.global_stochastic_pool.settings(**self.layout())
 
     def __call__(
         self, x: Input, *, mask: Mask = None, deterministic: bool | None = None

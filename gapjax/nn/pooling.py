@@ -20,6 +20,7 @@ function: there is no second implementation of any pooling math here.
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -31,6 +32,13 @@ from flax.nnx import rnglib
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from gapjax import pooling
+from gapjax.pooling._common import (
+    SettingTypeError,
+    check_bool,
+    check_mask,
+    prepare_mask,
+    resolve_layout,
+)
 
 __all__ = [
     "GWAP",
@@ -112,7 +120,10 @@ class _FunctionModule(nnx.Module):
         ]
         if missing:
             raise TypeError(f"{name}: missing required setting(s) {missing}.")
-        settings = fn.settings(**kwargs)
+        try:
+            settings = fn.settings(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{name}: {e}") from None
         arrays = {k: v for k, v in settings.items() if isinstance(v, jax.Array | np.ndarray)}
         self.settings = {k: v for k, v in settings.items() if k not in arrays}
         self.arrays = nnx.data({k: jnp.asarray(v) for k, v in arrays.items()})
@@ -352,19 +363,67 @@ class MaxUnpool(_FunctionModule):
 # --------------------------------------------------------------------------------------------
 
 
-def _layout(axis: Any, data_format: str, keepdims: bool, fill_value: float) -> dict[str, Any]:
-    """The layout settings every global pool shares, validated like the functions do."""
-    if axis is None and data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}."
-        )
-    axis = tuple(axis) if isinstance(axis, list) else axis
-    return {
+def _layout(
+    axis: Any,
+    data_format: str,
+    keepdims: bool,
+    fill_value: float,
+    owner: str,
+    fn: Callable = pooling.global_avg_pool,
+) -> dict[str, Any]:
+    """The layout settings every global pool shares, validated as ``fn`` does them."""
+    layout = {
         "axis": axis,
         "data_format": data_format,
         "keepdims": keepdims,
         "fill_value": fill_value,
     }
+    try:
+        return fn.settings(**layout)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{owner}: {e}") from None
+
+
+def _positive_int(owner: str, arg: str, value: Any, *, optional: bool = False) -> int | None:
+    """``value`` as an int >= 1 (NumPy ints too); None passes when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingTypeError(
+            f"{owner}: {arg} must be a positive int{' or None' if optional else ''}, got {value!r}."
+        )
+    if value < 1:
+        raise ValueError(f"{owner}: {arg} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _masked(x: Any, mask: Any, data_format: str, owner: str) -> jax.Array:
+    """x with masked positions set to 0, before any projection reads it.
+
+    A NaN or inf at a masked position would otherwise reach the parameters' gradients through
+    the projection (0 * NaN), even though the pooling function ignores it.
+    """
+    x = jnp.asarray(x)
+    if mask is None:
+        return x
+    check_mask(owner, "mask", mask)
+    layout = resolve_layout(x.shape, axis=None, data_format=data_format, fn=owner)
+    return jnp.where(prepare_mask(mask, layout, owner), x, jnp.zeros((), x.dtype))
+
+
+def _check_width(owner: str, x: jax.Array, data_format: str, arg: str, expected: int) -> None:
+    """Raises ValueError naming the module and shapes when x's channels are not ``expected``."""
+    if x.ndim < 2:
+        raise ValueError(
+            f"{owner}: x of shape {x.shape} has no channel axis; expected (batch, *spatial, "
+            f"channels) or (batch, channels, *spatial)."
+        )
+    channels = x.shape[-1] if data_format == "channels_last" else x.shape[1]
+    if channels != expected:
+        raise ValueError(
+            f"{owner}: x of shape {x.shape} has {channels} channels ({data_format}), but the "
+            f"module was built with {arg}={expected}."
+        )
 
 
 class _LearnedHyperparameter(nnx.Module):
@@ -386,9 +445,12 @@ class _LearnedHyperparameter(nnx.Module):
         **settings: Any,
     ):
         owner = type(self).__name__
-        type(self).function.settings(**{self.attribute: value}, **settings)
-        if channels is not None and (not isinstance(channels, int) or channels <= 0):
-            raise ValueError(f"{owner}: channels must be a positive int or None, got {channels!r}.")
+        try:
+            type(self).function.settings(**{self.attribute: value}, **settings)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{owner}: {e}") from None
+        channels = _positive_int(owner, "channels", channels, optional=True)
+        check_bool(owner, "learnable", learnable)
         shape = () if channels is None else (channels,)
         if learnable:
             param = nnx.Param(jnp.full(shape, value, param_dtype))
@@ -458,7 +520,9 @@ class GeMPool(_LearnedHyperparameter):
         fill_value: float = 0.0,
         param_dtype: Any = jnp.float32,
     ):
-        layout = _layout(axis, data_format, keepdims, fill_value)
+        layout = _layout(
+            axis, data_format, keepdims, fill_value, type(self).__name__, type(self).function
+        )
         super().__init__(
             p,
             channels=channels,
@@ -508,7 +572,9 @@ class LSEPool(_LearnedHyperparameter):
         fill_value: float = 0.0,
         param_dtype: Any = jnp.float32,
     ):
-        layout = _layout(axis, data_format, keepdims, fill_value)
+        layout = _layout(
+            axis, data_format, keepdims, fill_value, type(self).__name__, type(self).function
+        )
         super().__init__(
             r, channels=channels, learnable=learnable, layout=layout, param_dtype=param_dtype
         )
@@ -553,7 +619,9 @@ class MixedPool(_LearnedHyperparameter):
         fill_value: float = 0.0,
         param_dtype: Any = jnp.float32,
     ):
-        layout = _layout(axis, data_format, keepdims, fill_value)
+        layout = _layout(
+            axis, data_format, keepdims, fill_value, type(self).__name__, type(self).function
+        )
         super().__init__(
             alpha, channels=channels, learnable=learnable, layout=layout, param_dtype=param_dtype
         )
@@ -604,12 +672,22 @@ class GatedMixedPool(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: rnglib.Rngs,
     ):
-        spatial_shape = tuple(spatial_shape)
-        if not 1 <= len(spatial_shape) <= 3 or min(spatial_shape) <= 0:
-            raise ValueError(
-                f"GatedMixedPool: spatial_shape must give 1-3 positive sizes, got {spatial_shape}."
+        owner = "GatedMixedPool"
+        if isinstance(spatial_shape, numbers.Integral) or not isinstance(
+            spatial_shape, tuple | list
+        ):
+            raise SettingTypeError(
+                f"{owner}: spatial_shape must be a tuple of 1-3 positive ints, got "
+                f"{spatial_shape!r}."
             )
-        self.layout = _layout(None, data_format, keepdims, fill_value)
+        if not 1 <= len(spatial_shape) <= 3:
+            raise ValueError(
+                f"{owner}: spatial_shape must give 1-3 positive sizes, got {spatial_shape}."
+            )
+        spatial_shape = tuple(_positive_int(owner, "spatial_shape", v) for v in spatial_shape)
+        self.layout = _layout(None, data_format, keepdims, fill_value, owner, pooling.mixed_pool)
+        channels = _positive_int(owner, "channels", channels, optional=True)
+        self.channels = channels
         width = 1 if channels is None else channels
         shape = (
             (*spatial_shape, width) if data_format == "channels_last" else (width, *spatial_shape)
@@ -624,14 +702,18 @@ class GatedMixedPool(nnx.Module):
           The pooled values, e.g. ``(batch, channels)``.
         """
         x = jnp.asarray(x)
-        spatial = x.shape[1:-1] if self.layout["data_format"] == "channels_last" else x.shape[2:]
-        if tuple(spatial) != self.spatial_shape:
+        fmt = self.layout["data_format"]
+        spatial = x.shape[1:-1] if fmt == "channels_last" else x.shape[2:]
+        if x.ndim < 3 or tuple(spatial) != self.spatial_shape:
             raise ValueError(
                 f"GatedMixedPool: x of shape {x.shape} has spatial shape {tuple(spatial)}, but "
-                f"the gate was built for {self.spatial_shape}."
+                f"the gate was built for spatial_shape={self.spatial_shape}."
             )
+        if self.channels is not None:
+            _check_width("GatedMixedPool", x, fmt, "channels", self.channels)
         layout = {k: self.layout[k] for k in ("data_format", "fill_value")}
-        logits = pooling.global_sum_pool(self.gate[...] * x, mask=mask, **layout)
+        gated = _masked(x, mask, fmt, "GatedMixedPool")  # no NaN behind the mask in the gate
+        logits = pooling.global_sum_pool(self.gate[...] * gated, mask=mask, **layout)
         alpha = jax.nn.sigmoid(logits.astype(jnp.float32))
         return pooling.mixed_pool(x, alpha, mask=mask, **self.layout)
 
@@ -723,9 +805,14 @@ class GWAP(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: rnglib.Rngs,
     ):
+        in_features = _positive_int("GWAP", "in_features", in_features)
+        check_bool("GWAP", "class_specific", class_specific)
         self.transform_name = transform if isinstance(transform, str) else None
         self.transform = positive(transform)
-        self.layout = _layout(None, data_format, keepdims, fill_value)
+        self.layout = _layout(
+            None, data_format, keepdims, fill_value, "GWAP", pooling.weighted_avg_pool
+        )
+        self.in_features = in_features
         self.class_specific = class_specific
         self.score = nnx.Linear(
             in_features,
@@ -743,7 +830,9 @@ class GWAP(nnx.Module):
           ``(batch, *spatial)`` (class-agnostic) or x's shape (class-specific).
         """
         fmt = self.layout["data_format"]
-        s = self.score(_channels_last(jnp.asarray(x), fmt))
+        x = jnp.asarray(x)
+        _check_width("GWAP", x, fmt, "in_features", self.in_features)
+        s = self.score(_channels_last(x, fmt))
         if not self.class_specific:
             return s[..., 0]
         return s if fmt == "channels_last" else jnp.moveaxis(s, -1, 1)
@@ -762,6 +851,7 @@ class GWAP(nnx.Module):
         Returns:
           The pooled values, e.g. ``(batch, channels)``.
         """
+        x = _masked(x, mask, self.layout["data_format"], "GWAP")
         s = self.logits(x)
         if self.transform_name == "exp":
             return pooling.attention_pool(x, s, mask=mask, **self.layout)
@@ -816,15 +906,23 @@ class AttentionPool(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: rnglib.Rngs,
     ):
+        owner = "AttentionPool"
+        in_features = _positive_int(owner, "in_features", in_features)
+        num_heads = _positive_int(owner, "num_heads", num_heads)
+        qkv_features = _positive_int(owner, "qkv_features", qkv_features, optional=True)
+        out_features = _positive_int(owner, "out_features", out_features, optional=True)
         qkv_features = in_features if qkv_features is None else qkv_features
-        if num_heads <= 0 or qkv_features % num_heads:
+        if qkv_features % num_heads:
             raise ValueError(
                 f"AttentionPool: qkv_features={qkv_features} must be divisible by "
                 f"num_heads={num_heads} (> 0)."
             )
+        self.in_features = in_features
         self.num_heads = num_heads
         self.head_dim = qkv_features // num_heads
-        self.layout = _layout(None, data_format, keepdims, fill_value)
+        self.layout = _layout(
+            None, data_format, keepdims, fill_value, owner, pooling.attention_pool
+        )
         dense = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.key = nnx.Linear(in_features, qkv_features, **dense)
         self.value = nnx.Linear(in_features, qkv_features, **dense)
@@ -840,7 +938,13 @@ class AttentionPool(nnx.Module):
         Returns:
           ``(batch, *spatial, num_heads)``.
         """
-        x = _channels_last(jnp.asarray(x), self.layout["data_format"])
+        x = jnp.asarray(x)
+        fmt = self.layout["data_format"]
+        _check_width("AttentionPool", x, fmt, "in_features", self.in_features)
+        return self._scores(_channels_last(x, fmt))
+
+    def _scores(self, x: jax.Array) -> jax.Array:
+        """``scores`` of a channels-last x."""
         k = self.key(x).reshape(*x.shape[:-1], self.num_heads, self.head_dim)
         return jnp.einsum("...hd,hd->...h", k, self.query[...]) / math.sqrt(self.head_dim)
 
@@ -850,9 +954,12 @@ class AttentionPool(nnx.Module):
         Returns:
           ``(batch, out_features)`` (with ``keepdims``, size-1 spatial axes kept).
         """
-        x = _channels_last(jnp.asarray(x), self.layout["data_format"])
+        fmt = self.layout["data_format"]
+        x = _masked(x, mask, fmt, "AttentionPool")
+        _check_width("AttentionPool", x, fmt, "in_features", self.in_features)
+        x = _channels_last(x, fmt)
         v = self.value(x)
-        s = jnp.repeat(self.scores(x), self.head_dim, axis=-1)  # one score per value channel
+        s = jnp.repeat(self._scores(x), self.head_dim, axis=-1)  # one score per value channel
         layout = {**self.layout, "data_format": "channels_last"}
         pooled = pooling.attention_pool(v, s, mask=mask, **layout)
         y = self.out(pooled)
@@ -880,6 +987,7 @@ class _Stochastic(_FunctionModule):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        check_bool(type(self).__name__, "deterministic", deterministic)
         self.deterministic = deterministic
         self.rng_collection = rng_collection
         if isinstance(rngs, rnglib.Rngs):

@@ -1,5 +1,7 @@
 """gapjax.nn.linen: Linen global pooling layers equal the functions and their NNX siblings."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +121,43 @@ def test_linen_stochastic_pool():
     assert not all(np.array_equal(out, draw(s)) for s in (4, 5, 6))
     with pytest.raises(ValueError, match="deterministic"):
         gl.GlobalStochasticPool().apply({}, X)
+
+
+def test_linen_masked_nan_and_padded_rows_leak_into_no_gradient():
+    x = np.array(XPOS)
+    x[:, 0, 0, :] = np.nan
+    mask = np.ones((2, 4, 5), bool)
+    mask[:, 0, 0] = False
+    mask[1] = False  # a padded example
+    for module in (gl.GWAP(), gl.GWAP(class_specific=True, transform="exp"), gl.MixedPool()):
+        variables = module.init(KEY, x, mask=mask)
+        y = module.apply(variables, x, mask=mask)
+        assert np.isfinite(np.asarray(y)).all()
+        grads = jax.grad(lambda v, m=module: jnp.sum(m.apply(v, x, mask=mask)))(variables)
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: gl.GlobalAvgPool(keepdims="no"), "GlobalAvgPool.*keepdims"),
+        (lambda: gl.TopKPool(k=2, halve="no"), "TopKPool.*halve"),
+        (lambda: gl.GlobalLPPool(p=float("inf")), "GlobalLPPool: global_lp_pool: p must be > 0"),
+        (lambda: gl.GeMPool(p_init=0.0), "GeMPool: gem_pool: p must be > 0"),
+        (lambda: gl.GeMPool(channels=0), "GeMPool: channels must be a positive int"),
+        (lambda: gl.LSEPool(r_init=float("nan")), "LSEPool: lse_pool: r must be > 0"),
+        (lambda: gl.MixedPool(alpha_init=2.0), r"MixedPool: mixed_pool: alpha must lie"),
+        (lambda: gl.GWAP(class_specific="no"), "GWAP.*class_specific"),
+        (lambda: gl.GWAP(transform="tanh"), "transform must be one of"),
+        (
+            lambda: gl.GlobalStochasticPool(deterministic="no"),
+            "GlobalStochasticPool.*deterministic",
+        ),
+    ],
+)
+def test_linen_impossible_settings_fail_when_built(build, match):
+    # The message names the module (or function) and the argument; under the test suite's
+    # runtime type checker a wrongly typed argument may be caught by the annotation first.
+    with pytest.raises((ValueError, TypeError)) as info:
+        build()
+    assert re.search(match, str(info.value), re.S), str(info.value)

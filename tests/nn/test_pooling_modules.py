@@ -1,6 +1,7 @@
 """gapjax.nn pooling modules: each equals its function, learnable ones against NumPy references."""
 
 import inspect
+import re
 
 import flax.serialization
 import jax
@@ -335,3 +336,129 @@ def test_state_serialization_round_trip():
     nnx.replace_by_pure_dict(state, flax.serialization.msgpack_restore(data))
     nnx.update(fresh, state)
     np.testing.assert_array_equal(fresh(X), module(X))
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile input (issue 20): masked NaN, padded batches, impossible settings, wrong widths.
+# --------------------------------------------------------------------------------------------
+
+# A NaN in the masked corner of every image, and one example entirely masked (a padded batch).
+X_NAN = np.array(XPOS)
+X_NAN[:, 0, 0, :] = np.nan
+MASK_PADDED = np.ones((2, 5, 4), bool)
+MASK_PADDED[:, 0, 0] = False
+MASK_PADDED[1] = False
+
+LEARNED = [
+    *(
+        lambda t=t, c=c: nn.GWAP(3, transform=t, class_specific=c, rngs=nnx.Rngs(0))
+        for t in ("softplus", "sigmoid", "exp", "exp_sigmoid", "relu")
+        for c in (False, True)
+    ),
+    lambda: nn.AttentionPool(3, num_heads=3, rngs=nnx.Rngs(0)),
+    lambda: nn.AttentionPool(3, data_format="channels_first", rngs=nnx.Rngs(0)),
+    lambda: nn.GatedMixedPool(
+        (5, 4), channels=3, gate_init=nnx.initializers.ones, rngs=nnx.Rngs(0)
+    ),
+    lambda: nn.MixedPool(0.3, channels=3),
+    lambda: nn.GeMPool(channels=3),
+    lambda: nn.LSEPool(2.0),
+]
+
+
+@pytest.mark.parametrize("make", LEARNED)
+def test_masked_nan_and_padded_rows_leak_into_no_gradient(make):
+    module = make()
+    channels_first = getattr(module, "layout", {}).get("data_format") == "channels_first"
+    x = jnp.moveaxis(jnp.asarray(X_NAN), -1, 1) if channels_first else jnp.asarray(X_NAN)
+
+    def loss(module, x):
+        return jnp.sum(module(x, mask=MASK_PADDED))
+
+    y = module(x, mask=MASK_PADDED)
+    assert np.isfinite(np.asarray(y)).all()
+    grads, dx = nnx.grad(loss, argnums=(0, 1))(module, x)
+    for leaf in jax.tree.leaves(grads):
+        assert np.isfinite(np.asarray(leaf)).all()
+    assert np.isfinite(np.asarray(dx)).all()
+    clean = jnp.where(jnp.isnan(x), 0.0, x)  # the masked value does not matter
+    np.testing.assert_allclose(y, module(clean, mask=MASK_PADDED), rtol=1e-6)
+
+
+def test_mixed_pool_alpha_gradient_on_a_padded_batch():
+    # One example fully masked: d/d alpha = sum over the others of (max - mean), not NaN.
+    pool = nn.MixedPool(0.5)
+    grad = nnx.grad(lambda m: jnp.sum(m(XPOS, mask=MASK_PADDED)))(pool)
+    keep = MASK_PADDED[0]
+    values = XPOS[0][keep]
+    want = np.sum(values.max(0) - values.mean(0))
+    np.testing.assert_allclose(grad.alpha[...], want, rtol=1e-5)
+
+
+def test_attention_pool_channels_first_equals_channels_last():
+    last = nn.AttentionPool(3, num_heads=3, rngs=nnx.Rngs(0))
+    first = nn.AttentionPool(3, num_heads=3, data_format="channels_first", rngs=nnx.Rngs(0))
+    x = jnp.asarray(RNG.normal(size=(2, 5, 4, 3)), jnp.float32)
+    np.testing.assert_allclose(first(jnp.moveaxis(x, -1, 1)), last(x), rtol=1e-5, atol=1e-6)
+
+
+BAD_SETTINGS = [
+    (lambda: nn.MaxPool(0), r"MaxPool: max_pool: kernel_size must be >= 1"),
+    (lambda: nn.MaxPool(2, stride=0), r"MaxPool: max_pool: stride must be >= 1"),
+    (lambda: nn.AvgPool(2, padding=-1), r"AvgPool: avg_pool: padding must be >= 0"),
+    (lambda: nn.AvgPool(2.5), r"AvgPool: avg_pool: kernel_size must be an int"),
+    (lambda: nn.AvgPool(2, count_include_pad="no"), r"count_include_pad must be a bool"),
+    (lambda: nn.MaxPool(2, dilation=0), r"dilation must be >= 1"),
+    (lambda: nn.MaxPool(2, convention="tf"), r"max_pool: convention"),
+    (lambda: nn.AdaptiveAvgPool(0), r"adaptive_avg_pool: output_size"),
+    (lambda: nn.AdaptiveAvgPool(2.0), r"adaptive_avg_pool: output_size"),
+    (lambda: nn.GlobalAvgPool(keepdims="no"), r"keepdims must be a bool"),
+    (lambda: nn.GlobalAvgPool(axis=1.0), r"global_avg_pool: axis must be"),
+    (lambda: nn.GlobalAvgPool(data_format="NHWC"), r"data_format"),
+    (lambda: nn.TopKPool(2, halve="no"), r"TopKPool: topk_pool: halve must be a bool"),
+    (lambda: nn.GlobalLPPool(float("inf")), r"p must be > 0 and finite"),
+    (lambda: nn.GeMPool(float("nan")), r"GeMPool: gem_pool: p must be > 0"),
+    (lambda: nn.GeMPool(keepdims="no"), r"GeMPool.*keepdims"),
+    (lambda: nn.LSEPool(0.0), r"LSEPool: lse_pool: r must be > 0"),
+    (lambda: nn.MixedPool(1.5), r"MixedPool: mixed_pool: alpha must lie in \[0, 1\]"),
+    (lambda: nn.MixedPool(0.5, channels=0), r"MixedPool: channels must be a positive int"),
+    (lambda: nn.GWAP(0, rngs=nnx.Rngs(0)), r"GWAP: in_features must be a positive int"),
+    (lambda: nn.GWAP(3, class_specific="no", rngs=nnx.Rngs(0)), r"GWAP.*class_specific"),
+    (lambda: nn.AttentionPool(3, num_heads=0, rngs=nnx.Rngs(0)), r"AttentionPool: num_heads"),
+    (lambda: nn.AttentionPool(4, num_heads=3, rngs=nnx.Rngs(0)), r"divisible by"),
+    (lambda: nn.AttentionPool(3, keepdims="no", rngs=nnx.Rngs(0)), r"AttentionPool.*keepdims"),
+    (lambda: nn.GatedMixedPool((0, 4), rngs=nnx.Rngs(0)), r"GatedMixedPool: spatial_shape"),
+    (lambda: nn.GatedMixedPool(4, rngs=nnx.Rngs(0)), r"GatedMixedPool.*spatial_shape"),
+    (lambda: nn.GlobalStochasticPool(deterministic="no"), r"GlobalStochasticPool.*deterministic"),
+]
+
+
+@pytest.mark.parametrize("build,match", BAD_SETTINGS, ids=[m for _, m in BAD_SETTINGS])
+def test_impossible_settings_fail_when_the_module_is_built(build, match):
+    # The message names the module (or function) and the argument; under the test suite's
+    # runtime type checker a wrongly typed argument may be caught by the annotation first.
+    with pytest.raises((ValueError, TypeError)) as info:
+        build()
+    assert re.search(match, str(info.value), re.S), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "module,arg",
+    [
+        (lambda: nn.GWAP(3, rngs=nnx.Rngs(0)), "in_features=3"),
+        (lambda: nn.GWAP(3, class_specific=True, rngs=nnx.Rngs(0)), "in_features=3"),
+        (lambda: nn.AttentionPool(3, rngs=nnx.Rngs(0)), "in_features=3"),
+        (lambda: nn.GatedMixedPool((5, 4), channels=3, rngs=nnx.Rngs(0)), "channels=3"),
+    ],
+)
+def test_wrong_input_width_names_the_module_and_the_shapes(module, arg):
+    with pytest.raises(ValueError, match=rf"x of shape \(2, 5, 4, 4\) has 4 channels.*{arg}"):
+        module()(jnp.ones((2, 5, 4, 4)))
+
+
+def test_non_binary_mask_is_refused():
+    pool = nn.GWAP(3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="GWAP: mask must hold only booleans or 0/1"):
+        pool(XPOS, mask=np.full((2, 5, 4), 0.5))
+    with pytest.raises(ValueError, match="global_avg_pool: mask must hold only"):
+        nn.GlobalAvgPool()(XPOS, mask=np.full((2, 5, 4), 2.0))
