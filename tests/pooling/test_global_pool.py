@@ -659,3 +659,115 @@ def test_axis_accepts_lists_and_negative_axes(rng):
     x = rng.normal(size=(3, 4, 5)).astype(np.float32)
     np.testing.assert_allclose(gapjax.global_avg_pool(x, axis=[0, -1]), x.mean((0, 2)), rtol=1e-6)
     np.testing.assert_allclose(gapjax.global_max_pool(x, axis=-2), x.max(1))
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile input (issue 20): extreme parameters, padded batches, non-0/1 masks, bad settings.
+# --------------------------------------------------------------------------------------------
+
+X3 = np.array([[[1.0], [2.0], [3.0], [0.5]]], np.float32)  # (batch, length, channels)
+
+
+@pytest.mark.parametrize("p", [1e-10, 1e-3, 0.5, 3.0, 50.0, 1e10, 1e30])
+def test_gem_extreme_p_matches_the_float64_limit(p):
+    v = X3[0, :, 0].astype(np.float64)
+    # log-domain float64 reference: (1/p) log mean exp(p log v)
+    z = np.log(v / v.max())
+    want = v.max() * np.exp(np.log(np.mean(np.exp(p * z))) / p if p > 1e-6 else np.mean(z))
+    np.testing.assert_allclose(gapjax.gem_pool(X3, p), [[want]], rtol=1e-5)
+    g = jax.grad(lambda v, q: gapjax.gem_pool(v, q).sum(), argnums=(0, 1))(X3, p)
+    assert all(np.isfinite(np.asarray(a)).all() for a in g)
+
+
+@pytest.mark.parametrize("p", [1e-10, 0.5, 3.0, 1e10])
+def test_global_lp_extreme_p(p):
+    one = np.array([[[0.0], [2.5], [0.0]]], np.float32)  # one nonzero: the value itself
+    np.testing.assert_allclose(gapjax.global_lp_pool(one, p), [[2.5]], rtol=1e-5)
+    if p >= 1:
+        want = np.sum(X3.astype(np.float64) ** p) ** (1 / p) if p < 100 else 3.0
+        np.testing.assert_allclose(gapjax.global_lp_pool(X3, p), [[want]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("r", [1e-45, 1e-40, 1e-30, 1e-3, 1.0, 1e30])
+def test_lse_tiny_subnormal_and_huge_r(r):
+    v = X3[0, :, 0].astype(np.float64)
+    want = v.mean() if r < 1e-20 else v.max() if r > 1e20 else ref_lse(v, r)
+    y = gapjax.lse_pool(X3, r)
+    np.testing.assert_allclose(y, [[want]], rtol=1e-5)
+    g = jax.grad(lambda v: gapjax.lse_pool(v, r).sum())(X3)
+    assert np.isfinite(np.asarray(g)).all()
+
+
+@pytest.mark.parametrize(
+    "fn,arg", [(gapjax.gem_pool, "p"), (gapjax.global_lp_pool, "p"), (gapjax.lse_pool, "r")]
+)
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, 0.0, -1.0])
+def test_power_and_sharpness_must_be_finite_and_positive(fn, arg, value):
+    with pytest.raises(ValueError, match=rf"{fn.__name__}: {arg} must be > 0 and finite"):
+        fn(X3, value)
+
+
+def test_lp_p_half_has_a_finite_gradient_at_zero():
+    zero = jnp.zeros((1, 2, 2, 1))
+    g = jax.grad(lambda v: gapjax.global_lp_pool(v, 0.5).sum())(zero)
+    np.testing.assert_array_equal(g, np.zeros_like(g))
+    # Away from zero the gradient is unchanged: d/dx (sum x^p)^(1/p) at x = (4, 0, 0, 0) is 1.
+    x = zero.at[0, 0, 0, 0].set(4.0)
+    g = jax.grad(lambda v: gapjax.global_lp_pool(v, 0.5).sum())(x)
+    np.testing.assert_allclose(np.asarray(g).ravel(), [1.0, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("fn", [gapjax.mixed_pool, gapjax.avgmax_pool, gapjax.catavgmax_pool])
+def test_mixing_gradients_finite_on_a_padded_batch(fn):
+    x = jnp.asarray(np.arange(12.0, dtype=np.float32).reshape(2, 3, 2))
+    mask = np.array([[True, False, True], [False, False, False]])  # example 1 all masked
+    args = (0.5,) if fn is gapjax.mixed_pool else ()
+    grads = jax.grad(
+        lambda x, *a: fn(x, *a, mask=mask).sum(), argnums=(0, *range(1, 1 + len(args)))
+    )(x, *args)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    if fn is gapjax.mixed_pool:  # d/d alpha = sum(max - mean) over the valid example
+        np.testing.assert_allclose(grads[1], (4 - 2) + (5 - 3))
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.0, np.nan, -1.0])
+def test_masks_other_than_0_1_are_refused(bad):
+    mask = np.ones((1, 4), np.float32)
+    mask[0, 1] = bad
+    with pytest.raises(ValueError, match=r"global_avg_pool: mask must hold only booleans or 0/1"):
+        gapjax.global_avg_pool(X3, mask=mask)
+    # 0/1 numbers are fine, and a traced mask is read as mask != 0.
+    ok = np.array([[1, 0, 1, 1]], np.float32)
+    np.testing.assert_allclose(gapjax.global_avg_pool(X3, mask=ok), [[1.5]])
+    traced = jax.jit(lambda m: gapjax.global_avg_pool(X3, mask=m))(ok)
+    np.testing.assert_allclose(traced, [[1.5]])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"axis": 1.0}, r"global_avg_pool: axis must be an int or a tuple of ints"),
+        ({"axis": (1.0,)}, r"global_avg_pool: axis must be an int or a tuple of ints"),
+        ({"axis": True}, r"global_avg_pool: axis must be an int or a tuple of ints"),
+        ({"axis": jnp.array(1)}, r"global_avg_pool: axis is a static setting"),
+        ({"axis": np.array([1])}, r"global_avg_pool: axis is a static setting"),
+        ({"keepdims": "no"}, r"global_avg_pool: keepdims must be a bool"),
+        ({"keepdims": 1}, r"global_avg_pool: keepdims must be a bool"),
+    ],
+)
+def test_static_settings_of_the_wrong_type_name_function_and_argument(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match) as info:
+        gapjax.global_avg_pool(X3, **kwargs)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+def test_numpy_scalars_are_accepted_as_static_settings():
+    want = gapjax.global_avg_pool(X3, axis=1, keepdims=True)
+    np.testing.assert_array_equal(
+        gapjax.global_avg_pool(X3, axis=np.int64(1), keepdims=np.bool_(True)), want
+    )
+    np.testing.assert_array_equal(
+        gapjax.topk_pool(X3, np.int32(2), halve=np.bool_(False)), gapjax.topk_pool(X3, 2)
+    )
+    with pytest.raises(ValueError, match="topk_pool: halve must be a bool"):
+        gapjax.topk_pool(X3, 2, halve="no")

@@ -655,3 +655,102 @@ def test_forward_and_reverse_mode_agree_and_compose_with_vmap(fn):
     np.testing.assert_allclose(per_example, jax.grad(loss)(x), rtol=1e-6, atol=1e-6)
     hvp = jax.jvp(jax.grad(loss), (x,), (jnp.ones_like(x),))[1]
     assert hvp.shape == x.shape and np.all(np.isfinite(hvp))
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile input (issue 20): empty arrays, windows of padding only, huge kernels, bad types.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4, 2), (2, 4, 4, 0)], ids=["batch0", "channels0"])
+def test_size_zero_batch_and_channels(shape):
+    x = jnp.ones(shape)
+    out_shape = (shape[0], 2, 2, shape[-1])
+    for fn in (gapjax.max_pool, gapjax.min_pool):
+        y, i = fn(x, 2, return_indices=True)
+        assert y.shape == i.shape == out_shape and i.dtype == jnp.int32
+        assert jax.grad(lambda v, f=fn: f(v, 2).sum())(x).shape == shape
+        back = gapjax.max_unpool(y, i, 2)
+        assert back.shape == shape
+    y, i = gapjax.adaptive_max_pool(x, 3, return_indices=True)
+    assert y.shape == i.shape == (shape[0], 3, 3, shape[-1])
+    for call in (
+        lambda v: gapjax.avg_pool(v, 2),
+        lambda v: gapjax.lp_pool(v, 2.0, 2),
+        lambda v: gapjax.adaptive_avg_pool(v, 3),
+        lambda v: gapjax.stochastic_pool(v, 2, train=False),
+        lambda v: gapjax.stochastic_pool(v, 2, train=True, key=jax.random.key(0)),
+    ):
+        assert call(x).shape[1:-1] in ((2, 2), (3, 3))
+        assert jax.grad(lambda v, c=call: c(v).sum())(x).shape == shape
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gapjax.max_pool(jnp.ones((1, 2, 1)), 2, dilation=5, padding=3),
+        lambda: gapjax.max_pool(jnp.ones((1, 0, 1)), 2, padding=1, return_indices=True),
+        lambda: gapjax.avg_pool(jnp.ones((1, 0, 3, 1)), (2, 1), padding=(1, 0)),
+        lambda: gapjax.max_pool(jnp.ones((1, 0, 1)), 2, padding=1, convention="caffe"),
+    ],
+)
+def test_windows_of_padding_only_raise(call):
+    with pytest.raises(ValueError, match=r"read only padding .*kernel_size .*padding"):
+        call()
+
+
+def test_huge_kernel_with_same_padding_drops_padding_taps():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 6, 3)), jnp.float32)
+    y = gapjax.avg_pool(x, 10**6, padding="same")  # used to trace 10**12 taps
+    np.testing.assert_allclose(y[:, 0, 0], x.mean((1, 2)), rtol=1e-5)
+    # Stride 1: every window covers all of x, so an 11-cell kernel gives the same values.
+    big = gapjax.max_pool(x, 10**5, stride=1, padding="same")
+    np.testing.assert_array_equal(big, gapjax.max_pool(x, 11, stride=1, padding="same"))
+    w = _windows.windowed_axis(6, 10**6, 1, (499999, 500000), 1, 6)
+    assert w.taps <= 11 and (w.inside == 10**6).all()
+    # count_include_pad=True still divides by the whole kernel (PyTorch's rule, padding counts).
+    a = gapjax.avg_pool(x, 7, stride=1, padding="same", count_include_pad=True)
+    np.testing.assert_allclose(a[0, 3, 3], x[0].sum((0, 1)) / 49, rtol=1e-5)
+
+
+def test_kernel_larger_than_padded_input_names_the_sizes():
+    with pytest.raises(ValueError, match=r"kernel_size 10 .*larger than spatial axis 0 .*6 \+"):
+        gapjax.avg_pool(jnp.ones((1, 6, 1)), 10, padding=1)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda x: gapjax.avg_pool(x, 2, count_include_pad="no"), "avg_pool: count_include_pad"),
+        (lambda x: gapjax.avg_pool(x, 2, ceil_mode="no"), "avg_pool: ceil_mode must be a bool"),
+        (lambda x: gapjax.max_pool(x, 2, return_indices=1), "max_pool: return_indices"),
+        (lambda x: gapjax.max_pool(x, 2.0), "max_pool: kernel_size must be an int"),
+        (lambda x: gapjax.max_pool(x, True), "max_pool: kernel_size must be an int"),
+        (lambda x: gapjax.max_pool(x, jnp.array(2)), "max_pool: kernel_size is a static"),
+        (lambda x: gapjax.max_pool(x, 2, stride=1.5), "max_pool: stride must be an int"),
+        (lambda x: gapjax.avg_pool(x, 2, padding=0.5), "avg_pool: padding must be"),
+        (lambda x: gapjax.adaptive_avg_pool(x, 2.0), "adaptive_avg_pool: output_size"),
+        (lambda x: gapjax.adaptive_max_pool(x, (2, True)), "adaptive_max_pool: output_size"),
+        (lambda x: gapjax.stochastic_pool(x, 2, train="no"), "stochastic_pool: train"),
+    ],
+)
+def test_window_settings_of_the_wrong_type(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(jnp.ones((1, 4, 4, 1)))
+
+
+def test_numpy_integer_sizes_are_accepted_everywhere():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 6, 2)), jnp.float32)
+    i = np.int64
+    np.testing.assert_array_equal(gapjax.adaptive_avg_pool(x, i(2)), gapjax.adaptive_avg_pool(x, 2))
+    np.testing.assert_array_equal(
+        gapjax.adaptive_max_pool(x, (i(3), None)), gapjax.adaptive_max_pool(x, (3, None))
+    )
+    np.testing.assert_array_equal(
+        gapjax.max_pool(x, i(2), stride=np.int32(2), padding=i(1), ceil_mode=np.bool_(True)),
+        gapjax.max_pool(x, 2, stride=2, padding=1, ceil_mode=True),
+    )
+    y, idx = gapjax.max_pool(x, 2, return_indices=True)
+    np.testing.assert_array_equal(
+        gapjax.max_unpool(y, idx, i(2), output_size=(i(6), i(6))), gapjax.max_unpool(y, idx, 2)
+    )
