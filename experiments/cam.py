@@ -5,9 +5,14 @@
 For each of the first ``--images`` images of the run's evaluation split: the image, the CAM of
 the predicted class overlaid (NIN's GAP head: the class map itself, upsampled bilinearly to the
 input size), and the predicted and true classes.
+
+Exit status: 0 done; 2 a usage error (bad flags, no such workdir or checkpoint, missing data,
+a damaged checkpoint), with one ``error:`` line naming the path; 74 an I/O error (e.g. the
+output cannot be written).
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -61,14 +66,26 @@ def render(workdir: str | Path, *, images: int = 16, out: str | Path | None = No
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", required=True, help="a training run's directory")
     parser.add_argument("--images", type=int, default=16, help="how many evaluation images")
     parser.add_argument("--out", default=None, help="the PNG to write (default workdir/cam.png)")
     args = parser.parse_args()
-    print(render(args.workdir, images=args.images, out=args.out))
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, got {args.images}")
+    try:
+        print(render(args.workdir, images=args.images, out=args.out))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 74
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

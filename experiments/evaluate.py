@@ -4,6 +4,11 @@
 
 ``--split``: "test" (default), "validation" (the paper's held-out split, CIFAR and SVHN) or
 "train". Prints loss, top-1 and top-5 accuracy as JSON (sums over the split, divided once).
+Without ``--epoch``, the newest checkpoint that restores is used (a damaged newer one is named
+in a warning).
+
+Exit status: 0 done; 2 a usage error (bad flags, no such workdir, checkpoint or data, a damaged
+checkpoint or config.json), with one ``error:`` line naming the path; 74 an I/O error.
 """
 
 import argparse
@@ -14,7 +19,9 @@ from gapjax.train import evaluate, load_dataset, restore_model
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", required=True, help="a training run's directory")
     parser.add_argument("--split", default="test", choices=("test", "validation", "train"))
     parser.add_argument("--epoch", type=int, default=None, help="default: the newest checkpoint")
@@ -27,6 +34,9 @@ def main() -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 74
     if args.split == "train":
         images, labels = data.train_images, data.train_labels
     else:

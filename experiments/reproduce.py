@@ -6,6 +6,10 @@ For each config (default: every paper-table config) the run lives in ``<workdir>
 with ``--run`` missing or unfinished runs are trained first (resuming where they stopped).
 Prints a markdown table (paper error, ours, epochs, hardware, wall time, commit) and writes
 ``<workdir>/curves.png`` (test error per epoch) and ``<workdir>/results.md``.
+
+Exit status: 0 done; 2 a usage error (bad flags, an unknown config, a workdir that is a file,
+or a run that could not start: its ``error:`` line names the config and the key or path; the
+table is still printed); 3 a run diverged; 74 an I/O error.
 """
 
 import argparse
@@ -90,7 +94,9 @@ def plot(workdir: Path, names: list[str]) -> Path | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", default="runs", help="the folder holding one run per config")
     parser.add_argument("--configs", nargs="*", default=[n for n in PAPER if n != "digits_nin"])
     parser.add_argument("--run", action="store_true", help="train missing or unfinished runs")
@@ -100,22 +106,34 @@ def main() -> int:
     if unknown:
         print(f"error: unknown configs {unknown}; choose from {sorted(PAPER)}", file=sys.stderr)
         return 2
+    if workdir.exists() and not workdir.is_dir():
+        print(f"error: --workdir {workdir} is an existing file, not a directory", file=sys.stderr)
+        return 2
+    status = 0
     if args.run:
         from gapjax.train import DivergenceError, run
 
         for name in args.configs:
             try:
                 run(load_config(name), workdir / name)
-            except (FileNotFoundError, ValueError, DivergenceError) as e:
-                print(f"{name}: {e}", file=sys.stderr)
+            except (FileNotFoundError, ValueError) as e:
+                print(f"error: {name}: {e}", file=sys.stderr)
+                status = status or 2
+            except DivergenceError as e:
+                print(f"stopped: {name}: {e}", file=sys.stderr)
+                status = status or 3
     markdown = table(workdir, args.configs)
     print(markdown)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.md").write_text(markdown + "\n")
-    curves = plot(workdir, args.configs)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "results.md").write_text(markdown + "\n")
+        curves = plot(workdir, args.configs)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 74
     if curves:
         print(f"training curves: {curves}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numbers
 
 import ml_collections
 
-__all__ = ["CHOICES", "RUN_CONTROL_KEYS", "default_config", "quick", "validate"]
+__all__ = ["CHOICES", "RUN_CONTROL_KEYS", "default_config", "did_you_mean", "quick", "validate"]
 
 CHOICES = {
     "dataset": ("digits", "mnist", "cifar10", "cifar100", "svhn", "cifar10_jpeg"),

@@ -21,6 +21,7 @@ import math
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -600,6 +601,21 @@ def _environment() -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def _prepare_workdir(workdir: Path) -> None:
+    """Creates the workdir and checks that files can be written there, before any work."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(
+            f"workdir {workdir} is an existing file, not a directory; pass a directory "
+            "(created if missing)."
+        )
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise ValueError(f"workdir {workdir} is not writable ({e.strerror or e}).") from None
+
+
 def _read_json(path: Path) -> dict:
     """A JSON object from ``path``; ValueError naming the file if it is not one."""
     try:
@@ -679,6 +695,12 @@ def run(
       checkpoints after the current epoch and returns ``{"complete": False, "epochs": n}``:
       run it again to continue (how a long run fits into commands of limited length).
 
+    Raises:
+      ValueError: an invalid config, unreadable data, a workdir that is a file or not writable,
+        or one that holds a run with another config (messages name the key or path);
+        ``CheckpointError`` (a ValueError) when the workdir has checkpoints but none restores.
+      DivergenceError: a non-finite loss, or still at chance after ``guard_epochs``.
+
     Example:
       >>> import tempfile
       >>> from gapjax.train import default_config, quick, run
@@ -690,7 +712,7 @@ def run(
     """
     config_lib.validate(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    _prepare_workdir(workdir)
     _check_resume_config(workdir, config)
     writer = _tensorboard_writer() if config.tensorboard else None  # fails before any work
     (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
