@@ -475,8 +475,32 @@ def versions() -> dict:
     return out
 
 
+def cpu_model_and_isa() -> tuple[str, str]:
+    """(CPU model name, widest x86 vector ISA: AVX-512, AVX2, AVX or SSE) from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == (
+                    platform.processor() or platform.machine()
+                ):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse2", "SSE2")):
+        if flag in flags:
+            return model, name
+    return model, "unknown"
+
+
 def machine() -> dict:
+    model, isa = cpu_model_and_isa()
     return {
+        "cpu_model": model,
+        "vector_isa": isa,
         "processor": platform.processor() or platform.machine(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -565,7 +589,8 @@ def main(argv=None) -> int:
     if args.suite == "windows":
         print(f"# gapjax windowed pooling benchmark (float32, channels_last, {rounds} rounds)\n")
         print(
-            f"machine: {result['machine']['processor']}, {os.cpu_count()} CPUs, "
+            f"machine: {result['machine']['cpu_model']} ({result['machine']['vector_isa']}), "
+            f"{os.cpu_count()} CPUs, "
             f"jax {result['versions']['jax']} on {result['machine']['jax_backend']}\n",
             flush=True,
         )
@@ -575,7 +600,8 @@ def main(argv=None) -> int:
     result["settings"]["gapjax_source"] = source
     print(f"# gapjax global pooling benchmark ({dtype}, {args.data_format}, {rounds} rounds)\n")
     print(
-        f"machine: {result['machine']['processor']}, {os.cpu_count()} CPUs, "
+        f"machine: {result['machine']['cpu_model']} ({result['machine']['vector_isa']}), "
+        f"{os.cpu_count()} CPUs, "
         f"jax {result['versions']['jax']} on {result['machine']['jax_backend']}; "
         f"gapjax = {source}\n",
         flush=True,

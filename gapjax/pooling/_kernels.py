@@ -1,72 +1,30 @@
-"""Fast spatial reductions behind the global pooling functions (private).
+"""Spatial reductions behind the global pooling functions (private).
 
-``spatial_sum``, ``spatial_mean`` and ``spatial_max`` compute what ``jnp.sum`` / ``jnp.mean`` /
-``jnp.max`` over ``axes`` compute (sums within float32 rounding; max exactly, NaN-propagating),
-under ``jit``, ``vmap``, ``grad`` (any order) and ``jvp``. On GPU/TPU they *are* the plain ``jnp``
-reductions. On CPU, XLA (jaxlib 0.10) hands reductions to YNNPACK, whose kernel for a reduction
-over non-contiguous rows (channels last) runs at 1/3-1/2 of memory bandwidth, and whose reduce-max
-silently drops NaN (``jnp.max`` on CPU returns a finite value, depending on where the NaN is). The
-formulations below fix both. The choice is made per call from the static shape, and per platform
-at lowering time (``lax.platform_dependent``), so a program lowered for GPU never sees them.
+``spatial_sum``, ``spatial_mean``, ``spatial_max`` and ``spatial_min`` compute what ``jnp.sum`` /
+``jnp.mean`` / ``jnp.max`` / ``jnp.min`` over ``axes`` compute (sums within float32 rounding; max
+and min exactly, NaN-propagating), under ``jit``, ``vmap``, ``grad`` (any order) and ``jvp``.
+On GPU and TPU they are the plain ``jnp`` reductions. On CPU (chosen at lowering time with
+``lax.platform_dependent``) two things differ, and only where
+``benchmarks/results/formulations_cpu.md`` (``python benchmarks/formulations.py``) shows a win:
 
-Channels-last sums and means of float32 and bfloat16 arrays on CPU go to the native sum kernel
-of ``_native`` when it is built: rows read in order (sequential streams), column totals kept in
-L1, bfloat16 widened to float32 on the fly, the mean's division done in the kernel. Contiguous
-rows (channels first) keep the formulations below, which read them as fast; the XLA
-formulations are also the fallback.
-
-Max and min of float arrays on CPU go to the native kernel of ``_native`` when it is built
-(``-march=native`` C++ through XLA's FFI): one pass over x gives the extreme and, when
-differentiating, its position, faster than the formulations below and than PyTorch (the
-committed runs of ``benchmarks/pooling.py`` in ``benchmarks/results/`` have the figures). The
-XLA formulations below remain the fallback (no compiler, ``GAPJAX_NATIVE=0``) and give
-identical results; the tests run both.
+- Channels-last float32 sums with >= 40K elements per batch run as a batched matrix-vector
+  product with a ones vector: XLA:CPU's strided reduce reads such rows at a fraction of memory
+  bandwidth, Eigen's product at about all of it.
+- XLA:CPU's reduce-max (YNNPACK) drops NaN. Channels-last float32 max runs as balanced
+  elementwise ``jnp.maximum`` trees (NaN-propagating, as fast as the reduce); other layouts and
+  16-bit floats keep the fast reduce plus a sum that is NaN wherever a NaN was dropped, and only
+  then (``lax.cond``) the exact per-element test.
 
 Every reduction is first collapsed to axis 1 of ``(P, R, Q)``: channels last is ``Q > 1``,
-channels first is ``Q == 1``; axes that do not collapse (e.g. (1, 3) of a 4-D array) use ``jnp``.
-Measured on a 2-core AMD EPYC VM, float32, ms per call, medians of interleaved rounds (this VM
-drifts by +-30%; "yardstick" = ``jnp.sum`` over the whole array, i.e. memory bandwidth):
+channels first is ``Q == 1``; axes that do not collapse (e.g. (1, 3) of a 4-D array) use
+``jnp``.
 
-- Sum, Q > 1: a batched matrix-vector product ``ones(1, R/k) @ x.reshape(P, R/k, k Q)`` (XLA's
-  Eigen dot: one task per batch, sequential reads), then a small sum over the k row groups.
-  Rows are widened to k Q ~ 2048 elements keeping >= 64 of them, which is what Eigen's GEMV
-  needs. Used when one batch holds >= 40K elements; below that the per-batch overhead eats the
-  gain and ``jnp.sum`` stays. (128,32,32,64): ``jnp.sum`` 1.25, dot 0.70, yardstick 0.51;
-  (64,56,56,256): 11.3-12.6 vs 6.5-6.8, yardstick 6.2-7.0; (32,7,7,2048): 0.18-0.29 vs
-  0.11-0.13; (64,16,16,192) 0.35 vs 0.25; (128,14,14,256) 1.55 vs 1.10; kept: (256,8,8,192)
-  0.18 vs 0.21, (128,16,16,96) 0.26-0.30 vs 0.36-0.58, (128,16,16,128) 0.43 vs 0.55. Tried
-  and slower: einsum/dot_general with a ones vector (XLA transposes x), elementwise add trees,
-  splitting P (each part's slice is copied), YNNPACK on widened rows.
-- Sum, Q == 1: ``x.reshape(P, R) @ ones(R)`` for short rows (R <= 256): (32,2048,7,7) 0.13 vs
-  0.20, (256,192,8,8) 0.12 vs 0.14. Longer rows: YNNPACK's contiguous reduce is at the yardstick.
-- Max, Q > 1: balanced trees of elementwise ``jnp.maximum`` (XLA's own maximum propagates NaN)
-  over 16 contiguous chunks of the rows: one loop fusion reading 16 sequential streams and
-  writing 1/16 of its input, repeated, then a reduce op over the last <= 16 rows. The final
-  reduce matters: a pure elementwise tree would be fused (recomputed, R times) into any
-  broadcasting consumer, e.g. the gradient. (64,56,56,256): 8-11 vs ``jnp.max`` 11-14;
-  (128,32,32,64): 1.1-1.5 vs 1.3-1.9 (both near PyTorch); small shapes equal.
-- Max, Q == 1, or 16-bit floats: XLA's own loops vectorize badly there (Q == 1: 3-5x slower;
-  bfloat16: 10-50x), so YNNPACK's reduce-max runs, plus a sum (NaN + anything is NaN) to find
-  the NaN it dropped; only when some column sum is NaN (NaN, or +inf meeting -inf) does a
-  ``lax.cond`` run the exact per-element ``isnan`` test.
-
-Gradients: ``spatial_sum`` and ``spatial_max`` are ``jax.custom_jvp`` functions whose tangent is
-a plain ``jnp`` expression, so reverse mode transposes it to a broadcast (sum) or to
-``where(position == index, g, 0)`` (max), not to a dot or a tree. The max rule is PyTorch's
-(and ``max_pool``'s): the whole cotangent goes to the first maximum in row-major order of the
-pooled positions, or to the first NaN. Its index comes from ``_first_hit``, a second pass over x
-after the max that writes one int8 chunk number per 16 elements (a ``lax.cond`` takes the exact
-full-size rule when a column is NaN), so the backward pass is one write of dx that reads neither
-x nor a tie count. (``jnp.max``'s own rule, splitting the cotangent among ties, needs the count
-and a backward pass that reads x again; ``jnp.argmax``, XLA's variadic reduce, is 10-16x slower
-than the max tree.) Forward+backward, ms, same run, glibc tuned as in README (no page faults):
-(128,32,32,64) 4.9 vs 6.9 for the tie-count version and 2.9 for PyTorch; (64,56,56,256) 27.8 vs
-35.0 and 13.9. PyTorch finds the max and its index in one pass, which XLA:CPU cannot fuse (it
-splits the sibling outputs into two loops reading x); ``jax.vjp`` of ``jnp.max`` is 2-3x slower
-again. Forward mode works (custom_jvp, not custom_vjp), and so does every order: the rule calls
-``_max`` itself. For float32 on CPU the tangents (the mean's, and the max's at
-its index) are ``_native.window_map`` gathers over one window covering the pooled positions, so
-the backward passes are its native scatter: one write of dx, on huge pages where dx is large.
+Gradients are custom JVPs whose tangents are plain ``jnp`` expressions, so reverse mode
+transposes them to a broadcast (sum, mean) or to ``where(position == index, g, 0)`` (max,
+min): one write of dx. The max rule is PyTorch's (and ``max_pool``'s): the whole cotangent goes
+to the first maximum in row-major order of the pooled positions, or to the first NaN. Its index
+comes from one extra pass over x after the max (``_first_hit``), about 3x faster than
+``jax.vjp`` of ``jnp.max``, which splits the cotangent among ties and reads x again.
 """
 
 import functools
@@ -79,8 +37,6 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from gapjax.pooling import _native
-
 __all__ = ["spatial_max", "spatial_mean", "spatial_min", "spatial_sum"]
 
 # Below this many elements XLA's own emitters handle reductions well; the dot and tree
@@ -91,10 +47,6 @@ _DOT_MIN_BATCH_ELEMENTS = 40960
 # Widen rows of the batched dot to about this many elements, keeping at least _DOT_MIN_ROWS rows.
 _DOT_ROW_WIDTH = 2048
 _DOT_MIN_ROWS = 64
-# Channels-first sums use the matrix-vector product for at least this many rows of at most
-# _GEMV_MAX_LENGTH elements (longer rows: YNNPACK's contiguous reduce is as fast or faster).
-_GEMV_MIN_ROWS = 256
-_GEMV_MAX_LENGTH = 256
 # Max tree: fan-in of each stage, and the number of rows reduced by the final tree.
 _TREE_FANIN = 16
 _TREE_FINAL = 16
@@ -191,28 +143,14 @@ def _batched_dot_sum(x3: jax.Array, P: int, R: int, Q: int) -> jax.Array:
     return y[:, 0] if s * k == 1 else jnp.sum(y, axis=1)
 
 
-def _native_sum_ok(x: jax.Array, axes: tuple[int, ...]) -> bool:
-    """Whether x's CPU sum goes to the native kernel (decided at trace time): float32 or
-    bfloat16 that collapses to (P, R, Q) with Q > 1 (channels last). Contiguous rows (Q == 1)
-    stay with YNNPACK's reduce or the matrix-vector product, which read them as fast or faster
-    (the kernel's contiguous path serves direct calls)."""
-    prq = _fast_path(x, axes)
-    if prq is None or not _native.sums(x.dtype) or not _native.available():
-        return False
-    return prq[2] > 1
-
-
 def _sum_plan(x: jax.Array, axes: tuple[int, ...]) -> str:
-    """Which CPU formulation sums x over axes: "native", "plain" (``jnp.sum``: YNNPACK), "gemv"
-    or "dot"."""
-    if _native_sum_ok(x, axes):
-        return "native"
+    """Which CPU formulation sums x over axes: "plain" (``jnp.sum``) or "dot"."""
     prq = _fast_path(x, axes)
     if prq is None or x.dtype != jnp.float32:
         return "plain"
-    P, R, Q = prq
+    _, R, Q = prq
     if Q == 1:
-        return "gemv" if P >= _GEMV_MIN_ROWS and R <= _GEMV_MAX_LENGTH else "plain"
+        return "plain"
     return "dot" if R * Q >= _DOT_MIN_BATCH_ELEMENTS and R >= 16 else "plain"
 
 
@@ -223,21 +161,10 @@ def _divide(total: jax.Array, divisor: int) -> jax.Array:
 def _cpu_sum(x: jax.Array, axes: tuple[int, ...], divisor: int = 1) -> jax.Array:
     plan = _sum_plan(x, axes)
     out_shape = _out_shape(x.shape, axes)
-    if plan == "native":  # the division happens in the kernel
-        P, R, Q = _collapse(x.shape, axes)
-        return _native.reduce_sum(x.reshape(P, R, Q), divisor=float(divisor)).reshape(out_shape)
     if plan == "plain":
-        total = _plain_sum(x, axes)
-        if divisor == 1 or not total.size:
-            return _divide(total, divisor)
-        # XLA would fuse the division into YNNPACK's reduction, which then runs 15-25% slower
-        # ((256,8,8,192): 0.36 vs 0.30 ms with the division apart; the cond costs ~0.02).
-        return _unfused(functools.partial(_divide, divisor=divisor), total)
+        return _plain_mean(x, axes, divisor)
     P, R, Q = _collapse(x.shape, axes)
-    if plan == "gemv":
-        y = jnp.matmul(x.reshape(P, R), jnp.ones((R,), x.dtype), precision=lax.Precision.HIGHEST)
-    else:
-        y = _batched_dot_sum(x.reshape(P, R, Q), P, R, Q)
+    y = _batched_dot_sum(x.reshape(P, R, Q), P, R, Q)
     return _divide(y.reshape(out_shape), divisor)
 
 
@@ -259,33 +186,18 @@ def _sum(x: jax.Array, axes: tuple[int, ...], divisor: int) -> jax.Array:
     return _platform_sum(x, axes, divisor)
 
 
-def _sum_tangent(t: jax.Array, axes: tuple[int, ...], divisor: int) -> jax.Array:
-    """The sum (or mean) of the tangent: the native window gather, whose transpose is the native
-    broadcast of g / divisor, or a plain reduction, whose transpose is a broadcast too (not a
-    dot)."""
-    if _native_window_ok(t, axes):
-        P, R, Q = _collapse(t.shape, axes)
-        out = _native.window_map(t.reshape(P, R, Q), None, _global_window(R, divisor))
-        return out.reshape(_out_shape(t.shape, axes))
-    return _plain_mean(t, axes, divisor)
-
-
 @_sum.defjvp
 def _sum_jvp(axes, divisor, primals, tangents):
     (x,), (t,) = primals, tangents
-    return _sum(x, axes, divisor), _sum_tangent(t, axes, divisor)
+    return _sum(x, axes, divisor), _plain_mean(t, axes, divisor)
 
 
 def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     """``jnp.sum(x, axis=axes)``, accumulated in float32 for 16-bit floats (returned as float32).
 
-    On CPU, channels-last float32 and bfloat16 sums go to the native kernel of ``_native`` (rows
-    read in order, column totals kept in L1), or without it, float32 sums run as a batched
-    matrix-vector product with a ones vector (one batch >= 40K elements: up to 2x faster than
-    ``jnp.sum``); channels-first rows of <= 256 elements as ``x @ ones``; see the module
-    docstring for the measurements. A custom JVP makes the gradient a broadcast (a native pass
-    on CPU, a plain one elsewhere), never the transpose of these formulations; forward mode
-    works too.
+    On CPU, large channels-last float32 sums run as a batched matrix-vector product with a ones
+    vector (see the module docstring). A custom JVP makes the gradient a plain broadcast, never
+    the transpose of that product; forward mode works too.
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)
@@ -295,8 +207,7 @@ def spatial_sum(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
 
 
 def spatial_mean(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
-    """``jnp.mean(x, axis=axes)``, in float32 for 16-bit floats: the sum divided by the count
-    (in the native kernel, or apart from the reduction)."""
+    """``jnp.mean(x, axis=axes)``, in float32 for 16-bit floats: the sum divided by the count."""
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -384,45 +295,32 @@ def _tree_max(x3: jax.Array) -> jax.Array:
     return _reduce_rows(x3, _identity, jnp.maximum, _finish_max)
 
 
-def _ynn_max(x3: jax.Array) -> jax.Array:
-    """Max over axis 1 of (P, R, Q) by YNNPACK (drops NaN). For large channels-last batches the
-    rows are widened to ``k Q`` elements first (then a small second max over the k groups):
-    YNNPACK's strided kernel runs faster on wide rows ((64,56,56,256) bfloat16: 7.6 -> 4.0 ms),
-    though not on small ones ((128,32,32,64): 0.14 -> 0.27 ms), nor for bfloat16 sums."""
-    P, R, Q = x3.shape
-    k = _dot_plan(P, R, Q)[0] if Q > 1 and R * Q >= 2**18 else 1
-    if k == 1:
-        return jnp.max(x3, axis=1)
-    return jnp.max(jnp.max(x3.reshape(P, R // k, k * Q), axis=1).reshape(P, k, Q), axis=1)
-
-
 def _nan_exact(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return jnp.where(jnp.any(jnp.isnan(x), axis=axes), jnp.asarray(jnp.nan, m.dtype), m)
 
 
-def _use_ynn_max(prq, x: jax.Array) -> bool:
-    """YNNPACK's reduce-max (plus NaN check) instead of the trees: for contiguous rows (Q == 1)
-    of real size, where the trees vectorize badly, and for 16-bit floats, which XLA's own loops
-    handle 5-50x slower than float32 ((128,32,32,64) bfloat16: tree 13 ms, YNNPACK 0.5 ms)."""
-    if prq is None or x.size < _MIN_ELEMENTS:
-        return False
-    return prq[2] == 1 or x.dtype.itemsize < 4
-
-
-def _cpu_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def _cpu_max(x: jax.Array, axes: tuple[int, ...], negated: bool = False) -> jax.Array:
+    """The NaN-exact max of x over axes on CPU; ``negated``: x is the negation of the array
+    whose min the caller wants (XLA rewrites max(-x) as a min, which drops NaN even for 16-bit
+    floats, whose reduce-max keeps it)."""
     prq = _collapse(x.shape, axes) if x.size else None
+    half = x.dtype.itemsize < 4
+    if half and not negated:
+        # XLA:CPU reduces 16-bit floats in float32 and its reduce-max keeps NaN
+        # (tests/pooling/test_kernels.py checks it); its own loops run them many times slower.
+        return jnp.max(x, axis=axes)
     if prq is None:
         return _nan_exact(x, jnp.max(x, axis=axes), axes)
     P, R, Q = prq
     out_shape = _out_shape(x.shape, axes)
-    if not _use_ynn_max(prq, x):
+    if not half and (Q > 1 or x.size < _MIN_ELEMENTS):
         return _tree_max(x.reshape(P, R, Q)).reshape(out_shape)
-    # YNNPACK's reduce-max, plus a sum that is NaN wherever a NaN was dropped (or, rarely, where
-    # +inf and -inf meet: then the exact test runs).
-    x3 = x.reshape(P, R, Q)
-    m = _ynn_max(x3).reshape(out_shape)
-    check = _cpu_sum(x, axes) if x.dtype == jnp.float32 else jnp.sum(x3, 1, dtype=jnp.float32)
-    suspicious = jnp.any(jnp.isnan(check))
+    # Contiguous rows, where the trees vectorize badly (and 16-bit minima): the reduce, plus a
+    # sum that is NaN wherever a NaN was dropped (or, rarely, where infinities meet or the sum
+    # overflows: then the exact test runs).
+    x3 = x.reshape((P, R, Q) if Q > 1 else (P, R))
+    m = jnp.max(x3, axis=1).reshape(out_shape)
+    suspicious = jnp.any(jnp.isnan(jnp.sum(x3, axis=1)))
     return lax.cond(suspicious, lambda: _nan_exact(x, m, axes), lambda: m)
 
 
@@ -505,55 +403,12 @@ def _cpu_argmax(x: jax.Array, m: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return lax.cond(jnp.any(jnp.isnan(m)), _first_max_or_nan, fast, x3, m)
 
 
-@functools.lru_cache(maxsize=64)
-def _global_window(R: int, divisor: int = 1) -> "_native.WindowMap":
-    """One window over all R rows of (..., R, Q), its taps the rows in order, its sum divided by
-    ``divisor``: with winners (the max's ``index``) its gather is ``_at_index``, without them
-    the sum or mean; its scatter is their backward pass (a broadcast of g / divisor, or g
-    written at the winner)."""
-
-    def gather(t, win):
-        if win is not None:
-            hit = lax.broadcasted_iota(jnp.int32, t.shape, t.ndim - 2) == win
-            t = jnp.where(hit, t, jnp.zeros((), t.dtype))
-        return _divide(jnp.sum(t, axis=-2, keepdims=True), divisor)
-
-    def scatter(g, win):
-        shape = (*g.shape[:-2], R, g.shape[-1])
-        g = _divide(g, divisor)
-        if win is None:
-            return jnp.broadcast_to(g, shape)
-        hit = lax.broadcasted_iota(jnp.int32, shape, g.ndim - 2) == win
-        return jnp.where(hit, g, jnp.zeros((), g.dtype))
-
-    geometry = np.concatenate([[1, R, 1, R], np.arange(R)]).astype(np.int64)
-    scale = None if divisor == 1 else np.full(1, 1.0 / divisor, np.float32)
-    return _native.WindowMap(geometry, R, 1, scale, gather, scatter)
-
-
-def _native_window_ok(t: jax.Array, axes: tuple[int, ...]) -> bool:
-    """Whether the derivatives of t's reductions use the native window passes: float32 on CPU,
-    channels last (>= 16 channels) or contiguous rows (their backward passes write dx natively,
-    on huge pages where it is large)."""
-    prq = _fast_path(t, axes)
-    return (
-        prq is not None
-        and (prq[2] == 1 or prq[2] >= 16)
-        and t.dtype == jnp.float32
-        and _native.linear_available()
-    )
-
-
 def _at_index(t: jax.Array, index: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """``t`` at the flat pooled position ``index``: a one-hot sum over the pooled axes, linear in
     t, whose transpose (the backward pass) writes ``where(position == index, g, 0)``: one write
     of dx, reading neither x nor t. Float32 on CPU uses the native window passes
     (``_native.window_map`` with one window over the pooled positions): its backward pass
     writes dx in one native pass (on huge pages where the output is large)."""
-    if _native_window_ok(t, axes):
-        P, R, Q = _collapse(t.shape, axes)
-        win = index.reshape(P, 1, Q).astype(jnp.int32)
-        return _native.window_map(t.reshape(P, R, Q), win, _global_window(R)).reshape(index.shape)
     t3 = _view(t, axes)
     one_hot = lax.broadcasted_iota(jnp.int32, t3.shape, 1) == jnp.expand_dims(
         index.reshape(t3.shape[:1] + t3.shape[2:]), 1
@@ -562,29 +417,8 @@ def _at_index(t: jax.Array, index: jax.Array, axes: tuple[int, ...]) -> jax.Arra
     return picked.reshape(index.shape)
 
 
-def _native_ok(x: jax.Array) -> bool:
-    """Whether x's CPU reduction goes to the native kernel (decided at trace time)."""
-    return x.size > 0 and _native.supports(x.dtype) and _native.available()
-
-
-def _view3(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """``_view`` with a trailing unit axis for contiguous rows: (P, R, Q)."""
-    v = _view(x, axes)
-    return v if v.ndim == 3 else v[..., None]
-
-
-def _native_extreme(x: jax.Array, axes: tuple[int, ...], largest: bool, index: bool):
-    out_shape = _out_shape(x.shape, axes)
-    got = _native.extreme(_view3(x, axes), largest=largest, index=index)
-    if index:
-        return got[0].reshape(out_shape), got[1].reshape(out_shape)
-    return got.reshape(out_shape)
-
-
 def _cpu_extreme(x: jax.Array, axes: tuple[int, ...], largest: bool) -> jax.Array:
-    if _native_ok(x):
-        return _native_extreme(x, axes, largest, index=False)
-    return _cpu_max(x, axes) if largest else -_cpu_max(-x, axes)
+    return _cpu_max(x, axes) if largest else -_cpu_max(-x, axes, negated=True)
 
 
 def _plain_extreme(x: jax.Array, axes: tuple[int, ...], largest: bool) -> jax.Array:
@@ -600,10 +434,8 @@ def _platform_extreme(x: jax.Array, axes: tuple[int, ...], largest: bool) -> jax
 
 
 def _cpu_extreme_index(x: jax.Array, axes: tuple[int, ...], largest: bool):
-    if _native_ok(x):  # one pass for both
-        return _native_extreme(x, axes, largest, index=True)
     sign = 1 if largest else -1
-    m = sign * _cpu_max(sign * x, axes)
+    m = sign * _cpu_max(sign * x, axes, negated=not largest)
     return m, _cpu_argmax(sign * x, sign * m, axes).reshape(m.shape)
 
 

@@ -22,14 +22,6 @@ row-major window order, or the last NaN if the window holds any. A custom VJP re
 tap (an int8 per output) in the forward pass, and the backward pass is the transpose of the tap
 gathers applied to the cotangent masked by the winner: one fused loop writing the gradient, no
 scatter and no second read of the input (XLA's select-and-scatter is 10x slower on CPU).
-
-Native passes: on CPU, for float32 with at least 16 contiguous values behind the pooled axes
-(channels last), the extreme and its winner come from one native pass (``_native.window_select``)
-instead of XLA's two, and window sums (average pooling; the winner's tangent of max pooling)
-and their transposes (the backward passes) are the linear primitives of ``_native.window_map``,
-one pass over all the pooled axes whatever the window size (the kernel sums windows of more than
-32 taps input line by input line). The XLA engine stays the fallback and the reference the tests
-compare them with.
 """
 
 import dataclasses
@@ -45,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gapjax.pooling import _kernels, _native
+from gapjax.pooling import _kernels
 from gapjax.pooling._common import DATA_FORMATS, SettingTypeError
 
 CONVENTIONS = ("pytorch", "caffe")
@@ -517,16 +509,11 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
     """Sum over every window (padding reads 0), stage by stage, times ``scale`` (a constant
     broadcasting against the output, e.g. the reciprocal divisors of average pooling).
 
-    On CPU, float32 channels last, the plan is one native pass over all its axes
-    (``_native.window_map``, ``scale`` included; its transpose is the backward pass; large
-    windows are gathered line by line, reading x in order). Otherwise the value is assembled
+    The value is assembled
     region by region (``Stage.assemble``); the tangent is ``_linear_taps``, whose transpose
     (the backward pass) is ``_scatter_back``. Transposing the assembled form instead
     would add one full-size padded array per tap and region.
     """
-    merged = plan[0] if len(plan) == 1 else _merged(plan)
-    if _native_ok(merged, x, linear=True):
-        return _native_linear(merged, x, scale=scale)
 
     @jax.custom_jvp
     def total(v):
@@ -542,12 +529,6 @@ def window_sum(x: jax.Array, plan: list[Stage], scale: Any = None) -> jax.Array:
         return total(primals[0]), t if scale is None else t * jnp.asarray(scale, t.dtype)
 
     return total(x)
-
-
-def _merged(plan: list[Stage]) -> Stage:
-    """The stages of a plan as one stage over all their axes (in axis order)."""
-    pairs = sorted((a, w) for st in plan for a, w in zip(st.axes, st.windows, strict=True))
-    return Stage(tuple(a for a, _ in pairs), tuple(w for _, w in pairs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,10 +571,7 @@ def _select(
     itself stays one fast reduction. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
     clamped to it and a window whose taps all lie beyond it has no winner (-1: no gradient).
     """
-    if _native_ok(stage, x):
-        best, win = _native_select(stage, x, largest, floor)
-    else:
-        best, win = _xla_select(stage, x, largest, floor)
+    best, win = _xla_select(stage, x, largest, floor)
     return best, win, [_pick(stage, p, win) for p in payloads]
 
 
@@ -611,127 +589,9 @@ def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
     return best, _written_out(winner, x)
 
 
-def _native_ok(stage: Stage, x: Any, linear: bool = False) -> bool:
-    """Whether the stage runs as native passes (``_native.window_select``, and with ``linear``
-    ``_native.window_map``): float32 on CPU, the stage's axes adjacent in x, and at least 16
-    contiguous values behind them (the kernels vectorize over those: channels last)."""
-    axes = stage.axes
-    if x.dtype != jnp.float32 or math.prod(x.shape) == 0 or len(axes) > 3:
-        return False
-    if list(axes) != list(range(axes[0], axes[0] + len(axes))):
-        return False
-    if math.prod(x.shape[axes[-1] + 1 :]) < 16:
-        return False
-    return _native.linear_available() if linear else _native.available()
-
-
-def _geometry(stage: Stage) -> np.ndarray:
-    """The stage's windows as the native kernels take them (see ``_native.window_select``)."""
-    windows = stage.windows
-    geometry = [len(windows)]
-    geometry += [w.length for w in windows] + [w.out for w in windows] + [w.taps for w in windows]
-    for w in windows:
-        geometry += np.stack([w.src(j) for j in range(w.taps)], axis=1).reshape(-1).tolist()
-    return np.asarray(geometry, np.int64)
-
-
-def _split(stage: Stage, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(P, Q): the sizes before and behind the stage's (adjacent) axes."""
-    return math.prod(shape[: stage.axes[0]]), math.prod(shape[stage.axes[-1] + 1 :])
-
-
-def _native_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
-    """``_select``'s (extreme, winner) in one native pass over x (see ``_native.window_select``)."""
-    P, Q = _split(stage, x.shape)
-    idx_dtype = jnp.int8 if len(stage.combos) < 127 else jnp.int32
-
-    def select(v):
-        best, win = _native.window_select(
-            v.reshape(P, -1, Q),
-            _geometry(stage),
-            tuple(w.out for w in stage.windows),
-            largest=largest,
-            floor=floor,
-            win_dtype=idx_dtype,
-        )
-        out_shape = stage.out_shape(v.shape)
-        return best.reshape(out_shape), win.reshape(out_shape)
-
-    def fallback(v):
-        return _xla_select(stage, v, largest, floor)
-
-    best, win = lax.platform_dependent(lax.stop_gradient(x), cpu=select, default=fallback)
-    return _known_extreme(stage, x, best, win), win
-
-
-def _window_map(stage: Stage, scale: Any) -> "_native.WindowMap":
-    """The stage's windows as ``_native.window_map`` takes them, with ``scale`` (broadcasting
-    against the stage output) flattened over the outputs, and the XLA formulations of the maps
-    on (..., S, Q) arrays for platforms other than CPU."""
-    k = len(stage.axes)
-    lengths = tuple(w.length for w in stage.windows)
-    outs = tuple(w.out for w in stage.windows)
-    flat_scale = None
-    if scale is not None:
-        scale = np.asarray(scale, np.float64)
-        scale = (
-            scale.reshape(scale.shape[stage.axes[0] : stage.axes[-1] + 1]) if scale.ndim else scale
-        )
-        flat_scale = np.broadcast_to(scale, outs).astype(np.float32).reshape(-1)
-    flat = Stage(tuple(range(1, k + 1)), stage.windows)
-
-    def xla_gather(t, win):
-        lead, Q = t.shape[:-2], t.shape[-1]
-        tt = t.reshape(-1, *lengths, Q)
-        ww = None if win is None else win.reshape(-1, *outs, Q)
-        out = _linear_taps(flat, tt, ww)
-        if flat_scale is not None:
-            out = out * jnp.asarray(flat_scale.reshape(1, *outs, 1))
-        return out.reshape(*lead, -1, Q)
-
-    def xla_scatter(g, win):
-        spec = jax.ShapeDtypeStruct((*g.shape[:-2], math.prod(lengths), g.shape[-1]), g.dtype)
-        (dx,) = jax.linear_transpose(lambda t: xla_gather(t, win), spec)(g)
-        return dx
-
-    return _native.WindowMap(
-        _geometry(stage), math.prod(lengths), math.prod(outs), flat_scale, xla_gather, xla_scatter
-    )
-
-
-def _native_linear(
-    stage: Stage, t: jax.Array, win: jax.Array | None = None, scale: Any = None
-) -> jax.Array:
-    """The window sums of ``t`` over the stage (only the winning taps, given ``win``), times
-    ``scale``, by ``_native.window_map``; differentiable, its transpose a native pass too."""
-    P, Q = _split(stage, t.shape)
-    out_shape = stage.out_shape(t.shape)
-    w = None if win is None else win.reshape(P, -1, Q)
-    out = _native.window_map(t.reshape(P, -1, Q), w, _window_map(stage, scale))
-    return out.reshape(out_shape)
-
-
 def _winner_tangent(stage: Stage, t: jax.Array, win: jax.Array) -> jax.Array:
     """The tangent of a window extreme: the tangent of each window's winning tap."""
-    if _native_ok(stage, t, linear=True):
-        return _native_linear(stage, t, win)
     return _linear_taps(stage, t, win)
-
-
-def _known_extreme(stage: Stage, x: jax.Array, best: jax.Array, win: jax.Array) -> jax.Array:
-    """``best``, known to be x's extreme over each window with winner ``win``: its tangent is the
-    winner's tangent, to every order (the native call itself is not differentiable)."""
-
-    @jax.custom_jvp
-    def known(x, best, win):
-        return best
-
-    @known.defjvp
-    def known_jvp(primals, tangents):
-        x, best, win = primals
-        return known(x, best, win), _winner_tangent(stage, tangents[0], win)
-
-    return known(x, best, win)
 
 
 def _winner(
@@ -921,9 +781,8 @@ def _differentiable_extreme(stage: Stage, largest: bool, floor: Any = None):
     """The stage's extreme with PyTorch's gradient: the tangent is the winner's tangent.
 
     A custom JVP whose tangent (``_winner_tangent``) is linear, so reverse mode transposes it
-    into "send the cotangent to the winning tap" (one native pass on CPU for float32 channels
-    last, else ``_scatter_back``); forward mode and every order work too. The winner
-    (an int8 per output) is computed only when differentiating.
+    into "send the cotangent to the winning tap" (``_scatter_back``); forward mode and every
+    order work too. The winner (an int8 per output) is computed only when differentiating.
     """
 
     @jax.custom_jvp

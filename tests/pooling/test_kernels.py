@@ -1,10 +1,7 @@
 """Tests of the private reduction kernels behind global pooling (gapjax.pooling._kernels).
 
-Every test runs twice: with the native CPU kernels (``_native``: sums, means, max and min) and
-with the pure-XLA formulations alone.
-
-Every formulation (plain, batched dot, matrix-vector product, elementwise max trees, the
-first-maximum index pass, the NaN checks) is checked against NumPy on shapes chosen to reach it,
+Every formulation (plain, batched dot, elementwise max trees, the reduce-max plus NaN check,
+the first-maximum index pass) is checked against NumPy on shapes chosen to reach it,
 with odd sizes and remainders. Gradients: sums and means against ``jax.grad`` of the plain ``jnp``
 reductions; max against PyTorch's rule (the whole cotangent to the first maximum in row-major
 order, or to the first NaN), written here as a gather at ``jnp.argmax`` and in NumPy.
@@ -12,8 +9,6 @@ order, or to the first NaN), written here as a gather at ``jnp.argmax`` and in N
 
 import functools
 import math
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -21,32 +16,13 @@ import numpy as np
 import pytest
 
 from gapjax.pooling import _kernels as K
-from gapjax.pooling import _native
-
-
-@pytest.fixture(autouse=True, params=["native", "xla"])
-def formulation(request):
-    """Every test runs with the native CPU kernels (where they apply) and without them."""
-    if request.param == "native":
-        yield request.param
-    else:
-        with _native.disabled():
-            yield request.param
-
-
-def test_native_kernels_are_built_where_a_compiler_is(formulation):
-    if os.environ.get("GAPJAX_NATIVE") == "0" or not shutil.which(os.environ.get("CXX", "c++")):
-        pytest.skip("native kernels disabled, or no C++ compiler")
-    assert _native.available() == (formulation == "native")
-
 
 F32_RTOL = 2e-6  # relative to sum(|x|): the rounding of any float32 summation order
 
 # (name, shape, axes). Sizes are picked to reach each CPU formulation:
 #   cl_dot*: channels last with >= 40K elements per batch -> batched dot (k > 1 widening, k = 1)
 #   cl_small: channels last, small batches -> plain reduce; max -> one tree stage + finish
-#   cf_gemv: channels first with >= 256 rows -> matrix-vector product; max -> YNNPACK + check
-#   cf_few: channels first with few rows -> plain reduce
+#   cf_many, cf_few: channels first (contiguous rows) -> plain reduce; max -> reduce + NaN check
 #   1d / 3d: one and three spatial axes; noncontig: axes that do not collapse
 #   unbatched: (H, W, C) pooled over (0, 1); tiny: below every threshold
 CASES = [
@@ -54,7 +30,7 @@ CASES = [
     ("cl_dot_k1", (2, 17, 3, 2048), (1, 2)),
     ("cl_dot_odd", (5, 233, 181), (1,)),
     ("cl_small", (9, 7, 5, 130), (1, 2)),
-    ("cf_gemv", (4, 70, 9, 11), (2, 3)),
+    ("cf_many", (4, 70, 9, 11), (2, 3)),
     ("cf_few", (2, 5, 23, 19), (2, 3)),
     ("1d_cl", (6, 301, 24), (1,)),
     ("3d_cl", (2, 5, 6, 7, 48), (1, 2, 3)),
@@ -94,20 +70,12 @@ def test_values_against_numpy(name, shape, axes):
     np.testing.assert_array_equal(mx, x.max(axis=axes))
 
 
-def test_cases_reach_the_formulation_they_name(formulation):
+def test_cases_reach_the_formulation_they_name():
     plans = {name: K._sum_plan(jnp.zeros(shape), axes) for name, shape, axes in CASES}
-    assert {n for n, p in plans.items() if p == "gemv"} == {"cf_gemv"}
-    assert plans["tiny"] == plans["noncontig"] == "plain"
-    if formulation == "native" and _native.available():
-        # Channels last; contiguous rows (channels first) stay with XLA.
-        native = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd", "cl_small", "1d_cl", "3d_cl"}
-        native |= {"unbatched", "size1_inside"}
-        assert {n for n, p in plans.items() if p == "native"} == native
-        assert plans["cf_few"] == "plain"
-    else:
-        dot = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
-        assert {n for n, p in plans.items() if p == "dot"} == dot
-        assert plans["cl_small"] == plans["cf_few"] == "plain"
+    assert {n for n, p in plans.items() if p == "dot"} == {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
+    assert {n for n, p in plans.items() if p != "dot"} == {
+        n for n, p in plans.items() if p == "plain"
+    }
 
 
 @pytest.mark.parametrize("name,shape,axes", CASES, ids=IDS)
@@ -145,6 +113,27 @@ def test_half_precision(name, shape, axes, dtype):
     _check_sum(s, x64, axes)
     _check_sum(m, x64, axes, scale=1.0 / math.prod(shape[a] for a in axes))
     np.testing.assert_array_equal(np.asarray(mx, np.float64), x64.max(axis=axes))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize(
+    "shape,axes", [((6, 40, 24, 33), (1, 2)), ((5, 33, 40, 24), (2, 3)), ((3, 4096), (1,))]
+)
+def test_half_precision_max_keeps_nan_anywhere(shape, axes, dtype):
+    # 16-bit max is plain ``jnp.max`` on CPU, which XLA reduces in float32 and which keeps NaN
+    # (float32's reduce-max does not): one NaN per output, at a random position of its window.
+    rng = np.random.default_rng(13)
+    x = _x(shape, seed=14)
+    ends = tuple(range(x.ndim - len(axes), x.ndim))
+    xt = np.ascontiguousarray(np.moveaxis(x, axes, ends))
+    flat = xt.reshape(-1, math.prod(shape[a] for a in axes))
+    flat[np.arange(flat.shape[0]), rng.integers(0, flat.shape[1], flat.shape[0])] = np.nan
+    flat[0, :] = np.nan if flat.shape[0] > 1 else flat[0, :]
+    x = np.moveaxis(xt, ends, axes)
+    out = np.asarray(jax.jit(K.spatial_max, static_argnums=1)(jnp.asarray(x, dtype), axes))
+    assert np.isnan(out).all()
+    out = np.asarray(jax.jit(K.spatial_min, static_argnums=1)(jnp.asarray(x, dtype), axes))
+    assert np.isnan(out).all()
 
 
 def test_float64():
@@ -198,7 +187,7 @@ GRAD_CASES = [
     c
     for c in CASES
     if c[0]
-    in ("cl_dot_wide", "cl_dot_odd", "cl_small", "cf_gemv", "cf_few", "3d_cl", "noncontig", "tiny")
+    in ("cl_dot_wide", "cl_dot_odd", "cl_small", "cf_many", "cf_few", "3d_cl", "noncontig", "tiny")
 ]
 
 
