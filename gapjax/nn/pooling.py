@@ -808,7 +808,10 @@ class GWAP(nnx.Module):
         in_features = _positive_int("GWAP", "in_features", in_features)
         check_bool("GWAP", "class_specific", class_specific)
         self.transform_name = transform if isinstance(transform, str) else None
-        self.transform = positive(transform)
+        try:
+            self.transform = positive(transform)
+        except ValueError as e:
+            raise ValueError(f"GWAP: {e}") from None
         self.layout = _layout(
             None, data_format, keepdims, fill_value, "GWAP", pooling.weighted_avg_pool
         )

@@ -322,9 +322,9 @@ def windowed_plan(
             out = output_length(length, k, s, (lo, hi), d, ceil_mode, convention)
         if out < 1:
             raise ValueError(
-                f"{fn}: kernel_size {k} (dilated: {eff}) is larger than spatial axis {i} of x "
-                f"padded: length {length} + padding {lo}+{hi} = {length + lo + hi}; x of shape "
-                f"{shape} gives no output."
+                f"{fn}: kernel_size {k} (with dilation {d}: {eff}) is larger than spatial axis "
+                f"{i} of x padded: length {length} + padding {lo}+{hi} = {length + lo + hi}; x of "
+                f"shape {shape} gives no output."
             )
         windows = windowed_axis(length, k, s, (lo, hi), d, out)
         empty = empty_windows(windows)

@@ -132,6 +132,14 @@ def _setup(fn: str, x: Any, axis, data_format, keepdims, mask, fill_value) -> _C
     return _Call(x, layout, mask, keepdims, fill_value)
 
 
+def _spatial(kernel, x: jax.Array, layout: Layout) -> jax.Array:
+    """``kernel(x, axes)``, or zeros of the pooled shape when x is empty (a size-0 batch or
+    channel axis: no output element, so nothing for the kernels to do)."""
+    if x.size == 0:
+        return jnp.zeros(layout.out_shape, x.dtype)
+    return kernel(x, layout.axes)
+
+
 def _kernel_input(x: jax.Array) -> jax.Array:
     """Floats go to the fast kernels as they are (they accumulate in float32); others are cast."""
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(accum_dtype(x.dtype))
@@ -140,7 +148,7 @@ def _kernel_input(x: jax.Array) -> jax.Array:
 def _sum(x: jax.Array, mask, layout: Layout) -> jax.Array:
     """Sum over the pooled axes in the accumulation dtype."""
     if mask is None:
-        return _kernels.spatial_sum(_kernel_input(x), layout.axes)
+        return _spatial(_kernels.spatial_sum, _kernel_input(x), layout)
     x = x.astype(accum_dtype(x.dtype))
     return jnp.sum(jnp.where(mask, x, 0), axis=layout.axes)
 
@@ -148,7 +156,7 @@ def _sum(x: jax.Array, mask, layout: Layout) -> jax.Array:
 def _mean(x: jax.Array, mask, layout: Layout) -> jax.Array:
     """Mean over the unmasked positions in the accumulation dtype (0 where none)."""
     if mask is None:
-        return _kernels.spatial_mean(_kernel_input(x), layout.axes)
+        return _spatial(_kernels.spatial_mean, _kernel_input(x), layout)
     x = x.astype(accum_dtype(x.dtype))
     total = jnp.sum(jnp.where(mask, x, 0), axis=layout.axes)
     return safe_divide(total, broadcast_sum(mask, layout, x.dtype))
@@ -179,13 +187,13 @@ def _max(x: jax.Array, mask, layout: Layout) -> jax.Array:
     to the first maximum, as PyTorch's."""
     if mask is not None:
         x = jnp.where(mask, x, lowest(x.dtype))
-    return _kernels.spatial_max(x, layout.axes)
+    return _spatial(_kernels.spatial_max, x, layout)
 
 
 def _min(x: jax.Array, mask, layout: Layout) -> jax.Array:
     if mask is not None:
         x = jnp.where(mask, x, highest(x.dtype))
-    return _kernels.spatial_min(x, layout.axes)
+    return _spatial(_kernels.spatial_min, x, layout)
 
 
 def _shift(x: jax.Array, mask, layout: Layout) -> jax.Array:
@@ -203,6 +211,18 @@ def _scale(magnitude: jax.Array, mask, layout: Layout) -> jax.Array:
     """
     s = _shift(magnitude, mask, layout)
     return jnp.where(s > 0, s, 1)
+
+
+def _at_most_one(x: jax.Array, scale: jax.Array, f) -> jax.Array:
+    """``f(x / scale)`` with the value ``f(+-1)`` exact where ``|x| == scale``.
+
+    XLA may divide by multiplying with the reciprocal, which can leave the maximum at
+    0.99999994; raised to a huge power that is 0 and the pooled value collapses. The gradient
+    keeps the division's.
+    """
+    ratio = f(x / scale)
+    exact = f(jnp.sign(x))
+    return jnp.where(jnp.abs(x) == scale, exact + (ratio - lax.stop_gradient(ratio)), ratio)
 
 
 def _to_sites(v: jax.Array, layout: Layout) -> jax.Array:
@@ -462,7 +482,8 @@ def global_lp_pool(
     p = prepare_param(p, layout, arg="p", fn="global_lp_pool", dtype=acc)
     xa = x.astype(acc)
     scale = _scale(jnp.abs(xa), mask, layout)
-    out = safe_root(_sum(safe_power(xa / scale, p), mask, layout), jnp.squeeze(p, layout.axes))
+    ratio = _at_most_one(xa, scale, lambda r: r)
+    out = safe_root(_sum(safe_power(ratio, p), mask, layout), jnp.squeeze(p, layout.axes))
     out = out * jnp.squeeze(scale, layout.axes)
     return call.done(out)
 
@@ -513,7 +534,7 @@ def gem_pool(
     p = prepare_param(p, layout, arg="p", fn="gem_pool", dtype=acc)
     clamped = jnp.maximum(x.astype(acc), eps)
     scale = _scale(clamped, mask, layout)
-    out = jnp.exp(_log_mean_exp(jnp.log(clamped / scale), p, mask, layout))
+    out = jnp.exp(_log_mean_exp(_at_most_one(clamped, scale, jnp.log), p, mask, layout))
     out = out * jnp.squeeze(scale, layout.axes)
     return call.done(out)
 
