@@ -5,18 +5,19 @@ speed of a matrix product of the same size (a 1x1 convolution's, batch 128 at 32
 slower), which makes small CNNs such as NIN train several times slower than PyTorch. Here a
 channels-last convolution is written, on CPU only, as what it is: one matrix product over the
 channel axis (1x1 kernels), or over the channels of the ``prod(kernel)`` shifted views of the
-padded input concatenated on the channel axis (im2col, k x k kernels). The product is a
-``jax.custom_vjp`` whose two gradients are matrix products too, with the weight gradient's long
-contraction (over batch and positions) split into a few independent products so that every
-core gets one. Reverse mode through the im2col is XLA's own transpose of slices and a
-concatenation: the input gradient is a sum of padded slices (col2im). Other backends (GPU, TPU)
+padded input concatenated on the channel axis (im2col, k x k kernels). The whole convolution
+is a ``jax.custom_vjp`` whose two gradients are matrix products too: the input gradient is
+``g @ kernel.T`` added back onto the input positions (col2im, XLA's own transpose of the
+slices and the concatenation), and the weight gradient's long contraction (over batch and
+positions) is split into a few independent batched products, so that every core gets one
+(as one product, XLA:CPU runs it on one core at a time). Other backends (GPU, TPU)
 keep ``lax.conv_general_dilated`` (cuDNN), chosen at lowering time by ``lax.platform_dependent``;
 so do the layouts and options the formulation does not cover (channels first, dilation, feature
 groups). The results are those of ``lax.conv_general_dilated`` up to float rounding (the sums
 run in a different order).
 
-Measurements are in ``benchmarks/results/`` (``benchmarks/conv_cpu.py`` and
-``benchmarks/train_throughput.py``).
+Measurements, per NIN layer against ``lax`` and PyTorch and for the whole training step, are in
+``benchmarks/results/`` (``benchmarks/conv_cpu.py``, ``benchmarks/train_throughput.py``).
 """
 
 import functools
@@ -208,75 +209,98 @@ def _conv_cpu(
     precision: Any,
     preferred_element_type: Any,
 ) -> jax.Array:
-    """The channels-last convolution as im2col + one matrix product (1x1: the product alone).
-
-    The patches' features are ordered (tap, channel) with the taps in row-major order of the
-    kernel window, which is the order of ``kernel.reshape(-1, out)`` for a ``(*kernel, in,
-    out)`` kernel.
-    """
-    n = x.ndim - 2
-    window = kernel.shape[:n]
+    """The channels-last convolution as im2col + one matrix product (1x1: the product alone)."""
     dtype = jnp.result_type(x.dtype, kernel.dtype)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    return _conv_mm(
+        x.astype(dtype),
+        kernel.astype(dtype),
+        x.shape,
+        strides,
+        pads,
+        precision,
+        preferred_element_type,
+    )
+
+
+def _geometry(x_shape, kernel_shape, strides, pads):
+    """(output sizes, row groups) of the convolution."""
+    outs = tuple(
+        (x_shape[1 + d] + lo + hi - kernel_shape[d]) // strides[d] + 1
+        for d, (lo, hi) in enumerate(pads)
+    )
+    rows = x_shape[0] * math.prod(outs)
+    groups = next((g for g in _DW_GROUPS if rows % g == 0 and rows // g >= _DW_MIN_ROWS), 1)
+    return outs, groups
+
+
+def _im2col(x, kernel_shape, strides, pads):
+    """The patches, ``(groups, rows, taps * in)``, features ordered (tap, channel) with the taps
+    in row-major order of the kernel window: the order of ``kernel.reshape(-1, out)``."""
+    n = x.ndim - 2
+    window = kernel_shape[:n]
+    outs, groups = _geometry(x.shape, kernel_shape, strides, pads)
     if any(lo or hi for lo, hi in pads):
-        x = lax.pad(
-            x, jnp.zeros((), dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)]
-        )
+        config = [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)]
+        x = lax.pad(x, jnp.zeros((), x.dtype), config)
     batch, channels = x.shape[0], x.shape[-1]
-    outs = tuple((x.shape[1 + d] - window[d]) // strides[d] + 1 for d in range(n))
     taps = []
     for offset in itertools.product(*(range(k) for k in window)):
         limit = tuple(o + (m - 1) * s + 1 for o, m, s in zip(offset, outs, strides, strict=True))
         taps.append(lax.slice(x, (0, *offset, 0), (batch, *limit, channels), (1, *strides, 1)))
     cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
     rows = batch * math.prod(outs)
-    y = _matmul(
-        cols.reshape(rows, len(taps) * channels),
-        kernel.reshape(len(taps) * channels, kernel.shape[-1]),
-        precision,
-        preferred_element_type,
+    return cols.reshape(groups, rows // groups, len(taps) * channels)
+
+
+def _col2im(dcols, x_shape, kernel_shape, strides, pads):
+    """The transpose of ``_im2col``: each tap's columns added back where they were read from.
+
+    XLA's own transpose of the slices and the concatenation (a sum of padded slices); written
+    by hand, one axis at a time or with in-place updates, it ran slower.
+    """
+    im2col = functools.partial(_im2col, kernel_shape=kernel_shape, strides=strides, pads=pads)
+    (dx,) = jax.linear_transpose(im2col, jax.ShapeDtypeStruct(x_shape, dcols.dtype))(dcols)
+    return dx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_mm(x, kernel, x_shape, strides, pads, precision, preferred):
+    return _conv_mm_fwd(x, kernel, x_shape, strides, pads, precision, preferred)[0]
+
+
+def _conv_mm_fwd(x, kernel, x_shape, strides, pads, precision, preferred):
+    outs, _ = _geometry(x.shape, kernel.shape, strides, pads)
+    cols = _im2col(x, kernel.shape, strides, pads)
+    y = lax.dot_general(
+        cols,
+        kernel.reshape(-1, kernel.shape[-1]),
+        (((2,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred,
     )
-    return y.reshape(batch, *outs, kernel.shape[-1])
+    return y.reshape(x.shape[0], *outs, kernel.shape[-1]), (cols, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul(a: jax.Array, b: jax.Array, precision: Any, preferred: Any) -> jax.Array:
-    """``a @ b`` for 2-D ``a`` (rows, k) and ``b`` (k, out), with fast CPU gradients."""
-    return lax.dot_general(
-        a, b, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=preferred
+def _conv_mm_bwd(x_shape, strides, pads, precision, preferred, res, g):
+    cols, kernel = res
+    if preferred is not None:
+        g = g.astype(kernel.dtype)
+    g = g.reshape(*cols.shape[:2], kernel.shape[-1])
+    w = kernel.reshape(-1, kernel.shape[-1])
+    # dcols = g @ w.T, contracting both on their last axis (no transposed copy of w).
+    dcols = lax.dot_general(g, w, (((2,), (1,)), ((), ())), precision=precision)
+    dx = _col2im(dcols, x_shape, kernel.shape, strides, pads)
+    # dw = cols.T @ g, a contraction over every row: as one product XLA:CPU runs it on one
+    # core at a time, so one product per row group (batched), then a small sum over the
+    # groups, accumulated in float32 for 16-bit inputs.
+    acc = jnp.float32 if jnp.dtype(kernel.dtype).itemsize < 4 else kernel.dtype
+    dw = lax.dot_general(
+        cols, g, (((1,), (1,)), ((0,), (0,))), precision=precision, preferred_element_type=acc
     )
+    return dx.astype(cols.dtype), dw.sum(0).astype(kernel.dtype).reshape(kernel.shape)
 
 
-def _matmul_fwd(a, b, precision, preferred):
-    return _matmul(a, b, precision, preferred), (a, b)
-
-
-def _matmul_bwd(precision, preferred, res, g):
-    a, b = res
-    g = g.astype(jnp.result_type(a.dtype, b.dtype)) if preferred is not None else g
-    # da = g @ b.T, contracting both on their last axis (no transposed copy of b).
-    da = lax.dot_general(g, b, (((1,), (1,)), ((), ())), precision=precision)
-    # db = a.T @ g: a contraction over every row. XLA:CPU runs one such product on one core at
-    # a time; split the rows into groups, one batched product, then a small sum.
-    rows = a.shape[0]
-    groups = next((k for k in _DW_GROUPS if rows % k == 0 and rows // k >= _DW_MIN_ROWS), 1)
-    acc = jnp.float32 if jnp.dtype(b.dtype).itemsize < 4 else None
-    if groups == 1:
-        db = lax.dot_general(
-            a, g, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=acc
-        )
-    else:
-        db = lax.dot_general(
-            a.reshape(groups, rows // groups, a.shape[1]),
-            g.reshape(groups, rows // groups, g.shape[1]),
-            (((1,), (1,)), ((0,), (0,))),
-            precision=precision,
-            preferred_element_type=acc or b.dtype,
-        ).sum(0)
-    return da.astype(a.dtype), db.astype(b.dtype)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+_conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
 
 
 class Conv(nnx.Conv):
