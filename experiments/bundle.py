@@ -14,6 +14,10 @@ and no network. The bundle holds what a training run needs besides them:
   checkpoint before the machine's per-command limit; rerun it to continue.
 
 ``out`` is inside ``data/`` (ignored by git): name it in the device tool's ``carry`` list.
+
+Exit status: 0 done; 2 a usage error (bad flags, a missing or wrong JPEG copy, an ``--out``
+that is a file or not writable), with one ``error:`` line naming the path; 1 ``pip download``
+failed (its own messages say why).
 """
 
 import argparse
@@ -57,14 +61,20 @@ def sha256(path: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--python", default="3.12", help="the accelerator machine's Python")
     parser.add_argument("--out", default="data/bundle", help="the bundle folder (git-ignored)")
     parser.add_argument("--jpeg", default="../shared/data/cifar10-jpeg.tar.gz")
     parser.add_argument("--no-wheels", action="store_true", help="skip pip download")
     args = parser.parse_args()
     out = Path(args.out)
-    (out / "wheels").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "wheels").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: --out {out} cannot be used as a folder ({e.strerror or e})", file=sys.stderr)
+        return 2
 
     jpeg = Path(args.jpeg)
     if not jpeg.exists():
@@ -83,7 +93,9 @@ def main() -> int:
         command += ["--python-version", args.python, "-d", str(out / "wheels"), *WHEELS]
         for p in platforms:
             command += ["--platform", p]
-        subprocess.run(command, check=True)
+        if subprocess.run(command).returncode:
+            print("error: pip download failed (see its messages above)", file=sys.stderr)
+            return 1
         for wheel in (out / "wheels").glob("*.whl"):
             if wheel.name.split("-")[0].lower() in ALREADY_THERE:
                 wheel.unlink()

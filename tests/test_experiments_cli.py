@@ -130,3 +130,9 @@ def test_pause_resume_and_a_damaged_newest_checkpoint(tmp_path):
     assert "Traceback" not in refused.stderr
     (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error: ")]
     assert f"no checkpoint in {checkpoints} restores" in line
+
+
+def test_bundle_rejects_an_out_that_is_a_file(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert_usage_error(cli("bundle", "--out", str(file), "--no-wheels"), str(file))
