@@ -11,6 +11,7 @@ All are plain JAX functions: they work under ``jax.jit`` (for an NNX model, thro
 ``(batch, *spatial, classes)``, and can be upsampled to the input size with ``size``.
 """
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ Target = Shaped[ArrayLike, "..."] | int | None  # checked by _targets, with a cl
 
 def upsample(
     maps: Float[ArrayLike, "batch *spatial channels"],
-    size: Sequence[int],
+    size: Sequence[numbers.Integral],
     *,
     method: str = "bilinear",
 ) -> Float[Array, "batch *size channels"]:
@@ -47,6 +48,10 @@ def upsample(
       (1, 32, 32, 10)
     """
     maps = jnp.asarray(maps)
+    if isinstance(size, numbers.Integral) or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in size
+    ):
+        raise ValueError(f"upsample: size must be a tuple of positive ints, got {size!r}.")
     size = tuple(int(s) for s in size)
     if len(size) != maps.ndim - 2:
         raise ValueError(

@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 
 import gapjax
+import gapjax.cam
 from gapjax import nn, pooling
 from gapjax.nn import linen as gl
 
@@ -504,3 +505,10 @@ def test_linen_learned_modules_on_hostile_batches():
         out = module.apply(variables, X_BAD, mask=MASK)
         grads = jax.grad(lambda v, m=module: jnp.sum(m.apply(v, X_BAD, mask=MASK)))(variables)
         assert _finite(out) and _finite(grads)
+
+
+def test_cam_upsample_sizes():
+    maps = jnp.ones((1, 3, 3, 2))
+    for size in [(0, 4), (-1, 4), (2.5, 4), (True, 4), 4]:
+        _raises(lambda s=size: gapjax.cam.upsample(maps, s), "upsample", "size")
+    assert gapjax.cam.upsample(maps, (np.int64(6), 6)).shape == (1, 6, 6, 2)

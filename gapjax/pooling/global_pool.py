@@ -6,21 +6,26 @@ Every function here reduces the spatial axes of ``x`` and shares these keyword-o
   (``(batch, channels, *spatial)``), with 1, 2 or 3 spatial axes.
 - ``axis``: explicit axes to pool, overriding ``data_format``: any layout, any number of leading
   axes, unbatched input.
-- ``keepdims``: keep the pooled axes with size 1.
+- ``keepdims``: keep the pooled axes with size 1 (a bool: ``'no'`` raises).
 - ``mask``: boolean (or 0/1) array; True marks the positions to pool. With ``data_format`` it has
   the shape ``(batch, *spatial)`` or anything that broadcasts to it (right-aligned, NumPy rules),
   or the full shape of ``x`` for a per-channel mask; with ``axis`` it broadcasts against ``x``.
+  A concrete numeric mask holding anything but 0 and 1 (0.5, 2, NaN) raises ValueError; a
+  traced one (inside your jit) cannot be checked and is read as ``mask != 0``.
 - ``fill_value``: the result where every position is masked out (default 0). Never NaN unless
   you ask for it, and never an error inside jit.
 
 Numerics: float16/bfloat16 inputs accumulate in float32 and return their own dtype; integer input
 to a mean-like pool returns JAX's default float dtype (max, min and sum keep integer dtypes). A
 NaN at an unmasked position makes that output NaN (as in PyTorch); masked positions never leak NaN
-or inf into the result or its gradient. Gradients are finite for all-masked rows (zero).
+or inf into the result or its gradient. Gradients are finite for all-masked rows (zero), also
+those of parameters (a mixing weight, p, r). An empty batch or channel axis gives an empty result.
 
 Every function is compiled with ``jax.jit`` (settings such as ``axis``, ``data_format`` and ``k``
 are static) and works under ``jax.grad``, ``jax.vmap`` and a user's own ``jax.jit``. Invalid
-arguments raise ValueError at trace time, naming the argument and the shapes.
+arguments raise ValueError at trace time, naming the function, the argument and the shapes;
+settings of the wrong type (a string for a bool switch, a float or an array for ``axis``) raise
+``SettingTypeError``, both a TypeError and a ValueError. NumPy scalars count as Python ones.
 """
 
 import dataclasses
@@ -246,9 +251,9 @@ def _weighted_mean(x: jax.Array, w: jax.Array, mask, layout: Layout) -> tuple[ja
 _SHARED_ARGS = """axis: spatial axes to pool, overriding ``data_format`` (any layout).
     data_format: "channels_last" ``(batch, *spatial, channels)`` or "channels_first"
       ``(batch, channels, *spatial)``; 1-3 spatial axes.
-    keepdims: keep the pooled axes with size 1.
+    keepdims: keep the pooled axes with size 1 (a bool).
     mask: True (or 1) marks positions to pool; broadcasts to ``(batch, *spatial)``, or to
-      ``x.shape`` for a per-channel mask (with ``axis``: against ``x``).
+      ``x.shape`` for a per-channel mask (with ``axis``: against ``x``); other values raise.
     fill_value: result where every position is masked out."""
 
 
@@ -1020,7 +1025,7 @@ def global_stochastic_pool(
       x: input, e.g. ``(batch, height, width, channels)``.
       key: a PRNG key (``jax.random.key`` or ``PRNGKey``); required when ``train=True``. Each output
         element draws independently.
-      train: sample (True) or take the expectation (False). Static: a Python bool.
+      train: sample (True) or take the expectation (False). Static: a bool.
       {shared}
 
     Returns:

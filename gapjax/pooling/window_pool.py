@@ -24,7 +24,13 @@ max/min are exact in every dtype and keep integer dtypes. NaN in a window propag
 XLA); max/min pooling send the gradient to one winner per window: the first maximum in
 row-major window order, or the last NaN (PyTorch's scan). Impossible geometry (a kernel larger
 than the padded input, padding beyond half the kernel where PyTorch forbids it, non-positive
-sizes) raises ValueError at trace time. Windowed pools take no mask.
+sizes, windows that read only padding, which PyTorch refuses; Caffe's rule keeps its ceil-mode
+empty windows) raises ValueError at trace time, naming the function, the argument and the sizes;
+sizes that are not ints (floats, bools, arrays) and switches that are not bools raise
+``SettingTypeError`` (a TypeError and a ValueError). NumPy integers count as ints. Kernel taps
+that read padding in every window are dropped, so a kernel far larger than x costs no more than
+one as large as x. A size-0 batch or channel axis gives an empty result (and zero gradient).
+Windowed pools take no mask.
 """
 
 import functools
@@ -95,7 +101,8 @@ _SHARED_ARGS = """kernel_size: window size, an int or one int per spatial axis.
 _MAX_DOC_RETURNS = """Returns:
       The pooled values ``(..., *out_spatial, channels)`` (or channels first) in x's dtype; with
       ``return_indices=True``, also the int32 flat index of each winner into x's spatial
-      positions (row-major: ``h * W + w`` in 2-D, as PyTorch), -1 for an empty window."""
+      positions (row-major: ``h * W + w`` in 2-D, as PyTorch), -1 for an empty window (only
+      Caffe's ceil rule makes one)."""
 
 
 def _rank(value: Any) -> int:
@@ -297,13 +304,15 @@ def lp_pool(
     """Power-average pooling over sliding windows, PyTorch's ``lp_pool1d/2d/3d``.
 
     ``y = (sum_window x^p)^(1/p)``, the power of the values themselves (pass ``jnp.abs(x)`` for
-    the p-norm). A negative sum gives NaN and a zero sum 0 (finite gradient), as in PyTorch.
+    the p-norm). A negative sum gives NaN and a zero sum 0 (finite gradient), as in PyTorch;
+    p must be finite and > 0, and for p < 1 the gradient at ``x = 0`` (where the derivative of
+    ``x^p`` is infinite) is taken as 0. Like PyTorch's, ``x^p`` itself may overflow.
     Exactly as PyTorch (which computes ``avg_pool(x^p) * kernel cells``), a ceil-mode window that
     overhangs the padded input is scaled by ``kernel cells / cells inside``. Padding adds zeros.
 
     Args:
       x: input, e.g. ``(batch, height, width, channels)``.
-      p: the power (PyTorch's ``norm_type``), > 0.
+      p: the power (PyTorch's ``norm_type``), finite and > 0.
       {shared}
 
     Returns:
@@ -605,7 +614,7 @@ def stochastic_pool(
       x: input, e.g. ``(batch, height, width, channels)``.
       {shared}
       key: a PRNG key, required when ``train=True``; every window draws independently.
-      train: sample (True) or take the expectation (False); a Python bool.
+      train: sample (True) or take the expectation (False); a bool.
 
     Returns:
       ``(..., *out_spatial, channels)`` (or channels first), in x's float dtype.
