@@ -115,6 +115,8 @@ AUTOTUNE_RESERVE_S = 150.0  # a max-autotune row starts only this long before --
 DEFAULT_GPU_BUDGET_S = 420.0  # one run, compilation included, well inside 10 minutes
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
+YARDSTICK_N = 2048  # the jnp.dot yardstick: (N, N) @ (N, N)
+YARDSTICK_TARGET = 0.7  # the step's GFLOP/s over the yardstick's (issue 18's CPU goal)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +161,39 @@ def _rates(batch: int, steps: int, blocks: list) -> dict:
         "step_ms": 1e3 * batch / med,
         "repeats_images_per_s": [round(r, 1) for r in rates],
     }
+
+
+def step_flops(batch: int) -> float:
+    """Floating-point operations of one training step, from the convolutions alone (the pools,
+    ReLUs, loss and optimizer add < 1%): 2 x MACs for the forward pass, twice that for the
+    backward pass (input and weight gradients), less the first layer's input gradient, which
+    neither framework computes."""
+    side = [IMAGE_SHAPE[0], 16, 8]  # 32 -> 16 -> 8 (Caffe-rounded 3x3/2 pools)
+    total, cin = 0.0, IMAGE_SHAPE[-1]
+    for b, (k, widths) in enumerate(TORCH_BLOCKS):
+        for j, cout in enumerate(widths):
+            size = k if j == 0 else 1
+            fwd = 2.0 * batch * side[b] ** 2 * size * size * cin * cout
+            total += fwd * (2 if (b, j) == (0, 0) else 3)
+            cin = cout
+    return total
+
+
+def measure_dot_yardstick(dtype: str = "float32", *, n: int = YARDSTICK_N, repeats: int = 7):
+    """GFLOP/s of a jitted (n, n) @ (n, n) ``jnp.dot`` on JAX's default device: what this
+    machine's matrix products reach, timed in the same run as the training steps (median)."""
+    key = jax.random.key(0)
+    a = jax.random.normal(key, (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.dtype(dtype))
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(dot(a, b))
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"dtype": dtype, "n": n, "ms": 1e3 * med, "gflop_per_s": 2.0 * n**3 / med / 1e9}
 
 
 def _error(e: BaseException) -> str:
@@ -643,6 +678,7 @@ def machine(torch=None, torch_device: str | None = None) -> dict:
         "jax_device_kind": dev.device_kind,
         "torch_device": torch_device,
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **cpu_info(),
     }
     if torch is not None:
         out["torch_threads"] = torch.get_num_threads()
@@ -665,6 +701,35 @@ def machine(torch=None, torch_device: str | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         out["nvidia_smi"] = None
     return out
+
+
+def cpu_info() -> dict:
+    """The CPU's model name, family/model numbers and widest vector ISA (Linux /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        first[key.strip()] = value.strip()
+    flags = set(first.get("flags", "").split())
+    isa = next(
+        (
+            name
+            for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+            if flag in flags
+        ),
+        "SSE",
+    )
+    return {
+        "cpu_model": first.get("model name"),
+        "cpu_family": first.get("cpu family"),
+        "cpu_model_number": first.get("model"),
+        "vector_isa": isa + (" (bf16)" if "avx512_bf16" in flags else ""),
+    }
 
 
 def numerics(torch=None) -> dict:
@@ -709,6 +774,18 @@ def add_ratios(rows: list) -> None:
             r["ratio_gapjax_over_this"] = g["images_per_s"] / r["images_per_s"]
 
 
+def add_flops(rows: list, yardsticks: dict) -> None:
+    """GFLOP/s of every timed row (``step_flops``), and the gapjax rows' share of the jnp.dot
+    yardstick of their dtype."""
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        r["gflop_per_s"] = step_flops(r["batch"]) * r["images_per_s"] / r["batch"] / 1e9
+        y = yardsticks.get(r["dtype"])
+        if r["implementation"] == "gapjax" and y:
+            r["fraction_of_dot"] = r["gflop_per_s"] / y["gflop_per_s"]
+
+
 def targets(rows: list) -> list:
     out = []
     for r in rows:
@@ -720,6 +797,9 @@ def targets(rows: list) -> list:
             "images_per_s": r["images_per_s"],
             "minutes_260_epochs": EPOCHS * TRAIN_IMAGES / r["images_per_s"] / 60,
             "meets_22000_images_per_s": r["images_per_s"] >= TARGET_IMAGES_PER_S,
+            "gflop_per_s": r.get("gflop_per_s"),
+            "fraction_of_dot": r.get("fraction_of_dot"),
+            "ratio_vs_best_torch_any_batch": r.get("ratio_vs_best_torch"),
         }
         if r["batch"] == 128:
             ratio = r.get("ratio_vs_best_torch")
@@ -746,7 +826,14 @@ def markdown(result: dict) -> str:
         f"JAX on {m['jax_backend']} ({m['jax_device_kind']}, {len(m['jax_devices'])} device(s)); "
         f"torch on {m['torch_device'] or '-'}"
         + (f" ({m['torch_device_name']})" if m.get("torch_device_name") else "")
-        + f"; {m['processor']}, {m['cpu_count']} CPUs.",
+        + f"; {m['processor']}, {m['cpu_count']} CPUs"
+        + (
+            f" ({m['cpu_model']}, family {m['cpu_family']} model {m['cpu_model_number']}, "
+            f"{m['vector_isa']})"
+            if m.get("cpu_model")
+            else ""
+        )
+        + ".",
         "",
         f"python {v['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, "
         f"optax {v['optax']}, torch {v['torch']}"
@@ -773,8 +860,8 @@ def markdown(result: dict) -> str:
         "row: over the best torch variant at that dtype and batch).",
         "",
         "| implementation | variant | dtype | batch | compile s | images/s | ms/step | "
-        "gapjax/torch | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "GFLOP/s | gapjax/torch | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         if r["status"] == "ok":
@@ -783,15 +870,23 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {r['implementation']} | {r['variant']} | {r['dtype']} | {r['batch']} | "
                 f"{r['compile_s']:.1f} | {r['images_per_s']:,.0f} | {r['step_ms']:.2f} | "
-                f"{_f(ratio, '.2f')} | {note} |"
+                f"{_f(r.get('gflop_per_s'), '.1f')} | {_f(ratio, '.2f')} | {note} |"
             )
         else:
             why = r.get("error") or r.get("reason", "")
             why = why.replace("|", "/").replace("\n", " ")[:160]
             lines.append(
                 f"| {r['implementation']} | {r['variant']} | {r['dtype']} | {r['batch']} | - | - "
-                f"| - | - | {r['status']}: {why} |"
+                f"| - | - | - | {r['status']}: {why} |"
             )
+    for y in result.get("yardsticks", {}).values():
+        lines += [
+            "",
+            f"Yardstick, same run: jitted `jnp.dot` of two ({y['n']}, {y['n']}) {y['dtype']} "
+            f"matrices, {y['ms']:.1f} ms = {y['gflop_per_s']:.1f} GFLOP/s (median of 7). Step "
+            f"GFLOP/s count the convolutions' FLOPs only (forward, and both gradients but the "
+            f"first layer's input gradient): {step_flops(1) / 1e9:.3f} GFLOP per image.",
+        ]
     lines += ["", "## Targets (reported, not asserted)", ""]
     for t in result["targets"]:
         line = (
@@ -800,6 +895,14 @@ def markdown(result: dict) -> str:
             f"{t['minutes_260_epochs']:,.1f} minutes; >= {TARGET_IMAGES_PER_S:,} images/s: "
             f"{'yes' if t['meets_22000_images_per_s'] else 'no'}"
         )
+        if t.get("fraction_of_dot") is not None:
+            line += (
+                f"; {t['gflop_per_s']:.1f} GFLOP/s = {t['fraction_of_dot']:.2f} of the jnp.dot "
+                f"yardstick (>= {YARDSTICK_TARGET}: "
+                f"{'yes' if t['fraction_of_dot'] >= YARDSTICK_TARGET else 'no'})"
+            )
+        if t.get("ratio_vs_best_torch_any_batch") is not None:
+            line += f"; {t['ratio_vs_best_torch_any_batch']:.2f}x best torch at this batch"
         if "ratio_vs_best_torch" in t:
             if t["ratio_vs_best_torch"] is None:
                 line += f"; >= {TARGET_RATIO}x best torch: n/a (no torch row)"
@@ -908,6 +1011,12 @@ def parse_args(argv=None):
         help="trace a few gapjax steps and dump HLO into DIR",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a line for the report's notes (e.g. other work on the machine); repeatable",
+    )
     return ap.parse_args(argv)
 
 
@@ -959,7 +1068,7 @@ def main(argv=None) -> int:
         out = out.with_suffix("")
     json_path, md_path = Path(f"{out}.json"), Path(f"{out}.md")
 
-    notes = []
+    notes = list(args.note)
     if torch is None:
         notes.append(f"torch rows skipped: {torch_missing}")
     elif torch_gpu != on_gpu:
@@ -1016,6 +1125,10 @@ def main(argv=None) -> int:
             notes.append(f"correctness guard failed: {_error(e)}")
 
     rows = result["rows"]
+    result["yardsticks"] = {}
+    for d in dtypes:
+        result["yardsticks"][d] = measure_dot_yardstick(d)
+        print(f"jnp.dot yardstick {d}: {result['yardsticks'][d]['gflop_per_s']:.1f} GFLOP/s")
     configs_ = [(b, d) for b in batches for d in dtypes]
     for b, d in configs_:
         print(f"gapjax {d} batch {b} ...", flush=True)
@@ -1074,6 +1187,7 @@ def main(argv=None) -> int:
         else:
             print(f"  failed: {r['error'][:200]}", flush=True)
     add_ratios(rows)
+    add_flops(rows, result["yardsticks"])
     result["targets"] = targets(rows)
     result["wall_s"] = time.perf_counter() - t_start
     result["machine"]["load_average_at_end"] = (

@@ -42,3 +42,28 @@ def test_torch_reference_has_nin_parameter_count(bench):
     torch = pytest.importorskip("torch")
     model = bench.build_torch_nin(torch)
     assert sum(p.numel() for p in model.parameters()) == bench.NIN_PARAMS == 966_986
+
+
+def test_step_flops_and_yardstick(bench):
+    # conv1 5x5 3->192 at 32x32 (no input gradient), then every other layer x3.
+    per_image = (
+        2 * 1024 * 25 * 3 * 192 * 2
+        + 3 * 2 * 1024 * (192 * 160 + 160 * 96)
+        + 3 * 2 * 256 * (25 * 96 * 192 + 2 * 192 * 192)
+        + 3 * 2 * 64 * (9 * 192 * 192 + 192 * 192 + 192 * 10)
+    )
+    assert bench.step_flops(4) == pytest.approx(4 * per_image)
+    y = bench.measure_dot_yardstick("float32", n=64, repeats=2)
+    assert y["gflop_per_s"] > 0 and y["n"] == 64
+    rows = [
+        {
+            "status": "ok",
+            "implementation": "gapjax",
+            "dtype": "float32",
+            "batch": 4,
+            "images_per_s": 8.0,
+        }
+    ]
+    bench.add_flops(rows, {"float32": y})
+    assert rows[0]["gflop_per_s"] == pytest.approx(8 * per_image / 1e9)  # 2 steps/s
+    assert rows[0]["fraction_of_dot"] == pytest.approx(rows[0]["gflop_per_s"] / y["gflop_per_s"])
