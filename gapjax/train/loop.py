@@ -858,8 +858,12 @@ def restore_model(workdir: str | Path, *, epoch: int | None = None) -> tuple[nnx
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
     config = ml_collections.ConfigDict(_read_json(config_path))
-    if isinstance(config.lr_boundaries, list):
+    if isinstance(config.get("lr_boundaries"), list):
         config.lr_boundaries = tuple(config.lr_boundaries)
+    try:
+        config_lib.validate(config)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
     model = build_model(config)
     model.train()
     graph_train, params, rest = nnx.split(model, nnx.Param, ...)

@@ -202,6 +202,10 @@ def test_a_damaged_config_json_or_metrics_line_is_named(tmp_path, digits):
         run(config, tmp_path, dataset=digits)
     assert any(f"{metrics}: dropped lines [2]" in str(w.message) for w in caught)
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2]
+    saved_config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved_config, "momentum": -1}))
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'}: config: momentum"):
+        restore_model(tmp_path)
     (tmp_path / "config.json").write_text('{"name": "digi')
     with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'}: not readable JSON"):
         run(config, tmp_path, dataset=digits)
