@@ -12,10 +12,13 @@ deterministic function of the key.
 """
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Int, Shaped
+
+from gapjax.data._checks import check_real
 
 __all__ = ["crop_and_flip", "random_crop", "random_crop_flip", "random_flip"]
 
@@ -24,11 +27,18 @@ Key = Shaped[ArrayLike, "..."]
 Scalar = float | Shaped[ArrayLike, ""]  # a Python number, or a scalar array (traced under jit)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _pair(value, name: str, fn: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(not isinstance(v, int) or v < 0 for v in pair):
+    try:
+        pair = (value, value) if _is_int(value) else tuple(value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(not _is_int(v) or v < 0 for v in pair):
         raise ValueError(f"{fn}: {name}={value!r} must be a non-negative int or a pair of them.")
-    return pair
+    return int(pair[0]), int(pair[1])
 
 
 def _geometry(images, padding, crop_size, fn: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -148,6 +158,7 @@ def random_crop_flip(
       ((8, 32, 32, 3), True)
     """
     pad, crop = _geometry(images, padding, crop_size, "random_crop_flip")
+    check_real(flip_prob, "flip_prob", "random_crop_flip", minimum=0.0, maximum=1.0)
     n, h, w, _ = jnp.shape(images)
     k_offsets, k_flips = jax.random.split(key)
     offsets = _random_offsets(k_offsets, n, (h, w), pad, crop)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gapjax.data._checks import is_int
 from gapjax.data._files import CIFAR10_JPEG, optional_import, verify_file
 from gapjax.data.cache import cached_splits
 from gapjax.data.splits import Split
@@ -233,6 +234,10 @@ def load_image_folder(
        array([0, 1], dtype=int32), array([100, 200], dtype=uint8))
     """
     _check_mode(mode, "load_image_folder")
+    if size is not None and not (
+        isinstance(size, tuple | list) and len(size) == 2 and all(is_int(v, 1) for v in size)
+    ):
+        raise ValueError(f"load_image_folder: size={size!r} must be (height, width), ints >= 1.")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"load_image_folder: no file or folder at {path}.")

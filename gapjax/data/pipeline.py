@@ -41,7 +41,11 @@ def _check_arrays(images, labels, fn: str) -> None:
 
 
 def _check_batch_size(batch_size: int, mesh: Mesh | None, data_axis: str, fn: str) -> None:
-    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
         raise ValueError(f"{fn}: batch_size={batch_size!r} must be a positive int.")
     if mesh is not None:
         if data_axis not in mesh.shape:

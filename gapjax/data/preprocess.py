@@ -31,6 +31,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
+from gapjax.data._checks import check_int, check_real
+
 __all__ = [
     "ZCA",
     "ChannelStats",
@@ -134,6 +136,7 @@ def fit_channel_stats(images: Images, *, chunk_size: int = 4096) -> ChannelStats
     """
     images = images if hasattr(images, "shape") else np.asarray(images)
     _check_images(images, "fit_channel_stats")
+    check_int(chunk_size, "chunk_size", "fit_channel_stats", minimum=1)
     c = images.shape[-1]
     total, total_sq, count = np.zeros(c), np.zeros(c), 0
     for chunk in _chunks(images, chunk_size):
@@ -212,6 +215,8 @@ def global_contrast_normalize(
       Array([0., 0., 0., 0.], dtype=float32)
     """
     _check_images(images, "global_contrast_normalize")
+    check_real(scale, "scale", "global_contrast_normalize", positive=True)  # unless traced
+    check_real(min_divisor, "min_divisor", "global_contrast_normalize", minimum=0.0)
     x = jnp.asarray(images, jnp.float32)
     x = x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)
     divisor = jnp.sqrt(jnp.sum(x * x, axis=(1, 2, 3), keepdims=True)) / scale
@@ -295,8 +300,8 @@ def fit_zca(images: Images, *, bias: float = 0.1, chunk_size: int = 2048) -> ZCA
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"fit_zca: needs at least 2 images, got shape {images.shape}.")
-    if bias < 0:
-        raise ValueError(f"fit_zca: bias={bias} must be >= 0.")
+    check_real(bias, "bias", "fit_zca", minimum=0.0)
+    check_int(chunk_size, "chunk_size", "fit_zca", minimum=1)
     d = int(np.prod(images.shape[1:]))
     total = np.zeros(d)
     for chunk in _chunks(images, chunk_size):
@@ -406,8 +411,11 @@ def local_contrast_normalize(
       recognition?", ICCV 2009.
     """
     _check_images(images, "local_contrast_normalize")
-    if kernel_size < 1 or kernel_size % 2 == 0:
+    check_int(kernel_size, "kernel_size", "local_contrast_normalize", minimum=1)
+    if kernel_size % 2 == 0:
         raise ValueError(f"local_contrast_normalize: kernel_size={kernel_size} must be odd.")
+    check_real(sigma, "sigma", "local_contrast_normalize", positive=True)
+    check_real(threshold, "threshold", "local_contrast_normalize", minimum=0.0)
     x = jnp.asarray(images, jnp.float32)
     c = x.shape[-1]
     g = jnp.asarray(_gaussian_kernel(kernel_size, sigma), jnp.float32)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Int32, UInt8
 
+from gapjax.data._checks import check_int
 from gapjax.data._files import (
     OFFICIAL_FILES,
     optional_import,
@@ -693,8 +694,7 @@ def load_digits(*, test_every: int = 5) -> dict[str, Split]:
       (Split(images=uint8[1442, 8, 8, 1], labels=int32[1442], classes=10),
        Split(images=uint8[355, 8, 8, 1], labels=int32[355], classes=10))
     """
-    if test_every < 2:
-        raise ValueError(f"load_digits: test_every={test_every} must be at least 2.")
+    check_int(test_every, "test_every", "load_digits", minimum=2)
     table = _digits_table()
     if table.shape != (1797, 65) or np.any(table != np.round(table)) or table[:, :64].max() > 16:
         raise ValueError(

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Int32, Shaped, UInt8
 
+from gapjax.data._checks import check_int
+
 __all__ = [
     "Split",
     "concatenate_splits",
@@ -148,6 +150,7 @@ def holdout_last(split: Split, *, size: int = 10_000) -> tuple[Split, Split]:
       >>> train.labels, valid.labels
       (array([0, 1, 2], dtype=int32), array([3, 4], dtype=int32))
     """
+    check_int(size, "size", "holdout_last", minimum=1)
     if not 0 < size < len(split):
         raise ValueError(f"holdout_last: size={size} must be in [1, {len(split) - 1}] for {split}.")
     cut = len(split) - size
@@ -178,8 +181,8 @@ def holdout_per_class(split: Split, *, per_class: int, seed: int = 0) -> tuple[S
       >>> len(rest), np.bincount(held.labels).tolist()
       (4, [1, 1])
     """
-    if per_class < 1:
-        raise ValueError(f"holdout_per_class: per_class={per_class} must be positive.")
+    check_int(per_class, "per_class", "holdout_per_class", minimum=1)
+    check_int(seed, "seed", "holdout_per_class")
     rng = np.random.RandomState(seed)
     counts = np.bincount(split.labels, minlength=split.num_classes)
     if counts.min() <= per_class:
