@@ -6,6 +6,9 @@ gradient before it enters the momentum buffer, and the L2 decay is added to the 
 weights only (REFERENCE.md section 3).
 """
 
+import itertools
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +17,22 @@ import jax.numpy as jnp
 import optax
 
 __all__ = ["caffe_sgd", "learning_rate_schedule", "lr_multipliers", "path_names"]
+
+
+def _check(value: Any, name: str, fn: str, *, low: float, high: float = math.inf) -> None:
+    """A finite real (not a bool) in [low, high); ValueError naming the function and argument.
+    Scalar arrays are read as numbers; traced values (under jit) pass unchecked."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        if isinstance(value, bool | str | bytes):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: {name}={value!r} must be a number.") from None
+    if not (math.isfinite(number) and low <= number < high):
+        upper = "" if math.isinf(high) else f" and < {high}"
+        raise ValueError(f"{fn}: {name}={value!r} must be finite, >= {low}{upper}.")
 
 
 def path_names(path: Sequence[Any]) -> tuple[str | int, ...]:
@@ -69,6 +88,8 @@ def lr_multipliers(
       >>> lr_multipliers(params, last_layer=("fc",))
       {'conv': {'bias': 2.0, 'kernel': 1.0}, 'fc': {'bias': 0.2, 'kernel': 0.1}}
     """
+    _check(bias_mult, "bias_mult", "lr_multipliers", low=0.0)
+    _check(last_layer_mult, "last_layer_mult", "lr_multipliers", low=0.0)
     last = tuple(last_layer)
 
     def mult(path: Any, _: Any) -> float:
@@ -120,6 +141,17 @@ def learning_rate_schedule(
       >>> [round(float(s(i)), 4) for i in (0, 9, 10, 20)]
       [0.1, 0.1, 0.01, 0.001]
     """
+    fn = "learning_rate_schedule"
+    _check(base_lr, "base_lr", fn, low=0.0)
+    for name, value in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{fn}: {name}={value!r} must be an int >= 1.")
+    _check(decay, "decay", fn, low=0.0)
+    _check(warmup_epochs, "warmup_epochs", fn, low=0.0)
+    for b in boundaries:
+        _check(b, "boundaries", fn, low=0.0)
+    if any(a >= b for a, b in itertools.pairwise(boundaries)):
+        raise ValueError(f"{fn}: boundaries={tuple(boundaries)!r} must be increasing.")
     if schedule == "step":
         scales = {int(b * steps_per_epoch): decay for b in boundaries}
         main = optax.piecewise_constant_schedule(base_lr, scales)
@@ -167,6 +199,10 @@ def caffe_sgd(
       >>> float(updates["kernel"])  # -0.1 * (1 + 0.5 * 1)
       -0.15...
     """
+    _check(momentum, "momentum", "caffe_sgd", low=0.0, high=1.0)
+    _check(weight_decay, "weight_decay", "caffe_sgd", low=0.0)
+    if not callable(learning_rate):  # a number; a schedule is checked where it is built
+        _check(learning_rate, "learning_rate", "caffe_sgd", low=0.0)
     parts = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay, mask=_is_weight))

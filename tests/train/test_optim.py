@@ -111,3 +111,47 @@ def test_schedules():
     assert [float(warm_step(s)) for s in (10, 29, 30)] == pytest.approx([0.1, 0.1, 0.01])
     with pytest.raises(ValueError, match="schedule must be"):
         learning_rate_schedule(0.1, schedule="exp", steps_per_epoch=1, epochs=1)
+
+
+NON_FINITE_OR_NEGATIVE = (float("nan"), float("inf"), -1.0)
+
+
+@pytest.mark.parametrize(
+    "call, name, values",
+    [
+        (lambda v: caffe_sgd(0.1, momentum=v), "momentum", (*NON_FINITE_OR_NEGATIVE, 1.0, True)),
+        (lambda v: caffe_sgd(0.1, weight_decay=v), "weight_decay", (*NON_FINITE_OR_NEGATIVE, True)),
+        (lambda v: caffe_sgd(v), "learning_rate", NON_FINITE_OR_NEGATIVE),  # bool: annotation
+        (lambda v: lr_multipliers({}, bias_mult=v), "bias_mult", (*NON_FINITE_OR_NEGATIVE, True)),
+        (
+            lambda v: lr_multipliers({}, last_layer_mult=v),
+            "last_layer_mult",
+            NON_FINITE_OR_NEGATIVE,
+        ),
+        (lambda v: _schedule(base_lr=v), "base_lr", (*NON_FINITE_OR_NEGATIVE, True)),
+        (lambda v: _schedule(decay=v), "decay", (*NON_FINITE_OR_NEGATIVE, True)),
+        (lambda v: _schedule(warmup_epochs=v), "warmup_epochs", (*NON_FINITE_OR_NEGATIVE, True)),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_them(call, name, values):
+    """Issue 20's class: NaN, inf, negatives and bools are rejected before any update."""
+    for value in values:
+        with pytest.raises(ValueError, match=rf": {name}={value!r} must be"):
+            call(value)
+
+
+def _schedule(**kwargs):
+    settings = {"base_lr": 0.1, "schedule": "step", "steps_per_epoch": 10, "epochs": 5}
+    return learning_rate_schedule(**{**settings, **kwargs})
+
+
+def test_schedule_counts_and_boundaries_are_checked():
+    with pytest.raises(ValueError, match="steps_per_epoch=0 must be an int >= 1"):
+        _schedule(steps_per_epoch=0)
+    with pytest.raises(ValueError, match="epochs=True must be an int >= 1"):
+        _schedule(epochs=True)
+    with pytest.raises(ValueError, match=r"boundaries=\(3, 2\) must be increasing"):
+        _schedule(boundaries=(3, 2))
+    with pytest.raises(ValueError, match=r"boundaries=-1 must be finite"):
+        _schedule(boundaries=(2, -1))
+    caffe_sgd(jnp.asarray(0.1))  # a scalar array is a number
