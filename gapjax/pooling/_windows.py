@@ -3,8 +3,9 @@
 Geometry: for every pooled axis, ``AxisWindows`` says where each output's window reads. Output
 ``i`` reads input positions ``base[i] + j * dilation`` for the taps ``j < size[i]`` that fall inside
 ``[0, length)``; the other taps read padding. Windowed pooling has ``base[i] = i * stride - pad_lo``
-and ``size[i] = kernel``; adaptive pooling has PyTorch's windows
-``[floor(i L / out), ceil((i+1) L / out))``.
+and ``size[i] = kernel``, less the leading and trailing taps that read padding in every window
+(``windowed_axis`` drops them, so a kernel far larger than x costs what one of x's size does);
+adaptive pooling has PyTorch's windows ``[floor(i L / out), ceil((i+1) L / out))``.
 The output-length rules of PyTorch, Caffe and Keras live here, with the argument checks.
 
 Engine: a window reduction is a reduction over *taps*. Tap ``j`` of an axis is one array of the
