@@ -309,11 +309,12 @@ def windowed_plan(
             out, lo, hi = same_padding(length, k, s, d)
         else:
             lo, hi = (0, 0) if padding == "valid" else padding[i]
-            if convention == "pytorch" and max(lo, hi) > eff // 2:
+            if convention == "pytorch" and max(lo, hi) > k // 2:
+                # PyTorch's check uses the kernel itself, not the dilated one.
                 raise ValueError(
                     f"{fn}: padding {(lo, hi) if lo != hi else lo} on spatial axis {i} is more "
-                    f"than half the (dilated) kernel {eff}; PyTorch forbids it (padding <= "
-                    f"{eff // 2}). Pad x explicitly if you mean it."
+                    f"than half the kernel_size {k}; PyTorch forbids it (padding <= {k // 2}, "
+                    "whatever the dilation). Pad x explicitly if you mean it."
                 )
             if convention == "caffe" and max(lo, hi) >= k:
                 raise ValueError(

@@ -688,7 +688,8 @@ def test_size_zero_batch_and_channels(shape):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: gapjax.max_pool(jnp.ones((1, 2, 1)), 2, dilation=5, padding=3),
+        # PyTorch returns -inf with index 2 (outside x) for this one.
+        lambda: gapjax.max_pool(jnp.ones((1, 2, 1)), 2, stride=1, dilation=3, padding=1),
         lambda: gapjax.max_pool(jnp.ones((1, 0, 1)), 2, padding=1, return_indices=True),
         lambda: gapjax.avg_pool(jnp.ones((1, 0, 3, 1)), (2, 1), padding=(1, 0)),
         lambda: gapjax.max_pool(jnp.ones((1, 0, 1)), 2, padding=1, convention="caffe"),
@@ -697,6 +698,20 @@ def test_size_zero_batch_and_channels(shape):
 def test_windows_of_padding_only_raise(call):
     with pytest.raises(ValueError, match=r"read only padding .*kernel_size .*padding"):
         call()
+
+
+def test_pytorch_padding_limit_ignores_dilation():
+    """PyTorch checks padding <= kernel_size // 2 with the kernel itself, not the dilated one
+    (torch 2.13: "padding should be at most half of kernel size")."""
+    with pytest.raises(ValueError, match=r"more than half the kernel_size 2"):
+        gapjax.max_pool(jnp.ones((1, 2, 1)), 2, dilation=5, padding=3)
+    with pytest.raises(ValueError, match=r"more than half the kernel_size 3"):
+        gapjax.max_pool(jnp.ones((1, 8, 1)), 3, stride=1, dilation=2, padding=2)
+    assert gapjax.max_pool(jnp.ones((1, 8, 1)), 3, stride=1, dilation=2, padding=1).shape == (
+        1,
+        6,
+        1,
+    )
 
 
 def test_huge_kernel_with_same_padding_drops_padding_taps():
