@@ -196,6 +196,37 @@ def measure_dot_yardstick(dtype: str = "float32", *, n: int = YARDSTICK_N, repea
     return {"dtype": dtype, "n": n, "ms": 1e3 * med, "gflop_per_s": 2.0 * n**3 / med / 1e9}
 
 
+def _yardstick_runner(dtype: str, n: int = YARDSTICK_N):
+    """``measure_dot_yardstick`` as a runner for ``measure_interleaved`` (a block of ``steps``
+    products per round, the median block reported)."""
+    key = jax.random.key(0)
+    a = jax.random.normal(key, (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.dtype(dtype))
+    dot = jax.jit(jnp.dot)
+    box = {"out": None}
+
+    def one_step():
+        box["out"] = dot(a, b)
+
+    def sync():
+        jax.block_until_ready(box["out"])
+
+    def finish(first, blocks, *, steps, warmup, repeats, error=None) -> dict:
+        if error is not None:
+            raise error
+        med = statistics.median(blocks) / steps
+        return {
+            "implementation": "yardstick",
+            "dtype": dtype,
+            "n": n,
+            "ms": 1e3 * med,
+            "gflop_per_s": 2.0 * n**3 / med / 1e9,
+            "blocks_s": blocks,
+        }
+
+    return one_step, sync, finish
+
+
 def _error(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip()
     return text if len(text) < 600 else text[:600] + " ..."
@@ -268,6 +299,16 @@ def measure_gapjax(
       A row: implementation, variant, dtype, batch, compile_s, images_per_s, step_ms,
       repeats_images_per_s, mean training loss over every step run, status.
     """
+    one_step, sync, finish = gapjax_runner(batch, dtype, pool=pool, seed=seed)
+    first, blocks = _time_loop(one_step, sync, steps=steps, warmup=warmup, repeats=repeats)
+    return finish(
+        first, blocks, steps=steps, warmup=warmup, repeats=repeats, profile_dir=profile_dir
+    )
+
+
+def gapjax_runner(batch: int, dtype: str = "float32", *, pool: int = 4, seed: int = 0):
+    """(one_step, sync, finish): the library's step on device-resident batches, a wait for the
+    device, and ``finish(first, blocks, ...)`` that makes the row from the timings."""
     _, step, state, mesh, _ = _gapjax_setup(batch, dtype)
     images, labels = synthetic_batches(batch, pool, seed)
     batches = _device_batches(mesh, images, labels)
@@ -282,24 +323,30 @@ def measure_gapjax(
     def sync():
         jax.block_until_ready((box["state"], box["totals"]))
 
-    first, blocks = _time_loop(one_step, sync, steps=steps, warmup=warmup, repeats=repeats)
-    totals = jax.device_get(box["totals"])
-    row = {
-        "implementation": "gapjax",
-        "variant": "jit",
-        "dtype": dtype,
-        "batch": batch,
-        "status": "ok",
-        "compile_s": first,
-        **_rates(batch, steps, blocks),
-        "steps": steps,
-        "warmup": warmup,
-        "repeats": repeats,
-        "mean_loss": float(totals["loss"]) / max(float(totals["count"]), 1.0),
-    }
-    if profile_dir:
-        row["profile"] = _profile_gapjax(step, box, batches, key, sync, profile_dir, batch, dtype)
-    return row
+    def finish(first, blocks, *, steps, warmup, repeats, profile_dir=None, error=None) -> dict:
+        if error is not None:
+            raise error
+        totals = jax.device_get(box["totals"])
+        row = {
+            "implementation": "gapjax",
+            "variant": "jit",
+            "dtype": dtype,
+            "batch": batch,
+            "status": "ok",
+            "compile_s": first,
+            **_rates(batch, steps, blocks),
+            "steps": steps,
+            "warmup": warmup,
+            "repeats": repeats,
+            "mean_loss": float(totals["loss"]) / max(float(totals["count"]), 1.0),
+        }
+        if profile_dir:
+            row["profile"] = _profile_gapjax(
+                step, box, batches, key, sync, profile_dir, batch, dtype
+            )
+        return row
+
+    return one_step, sync, finish
 
 
 def _profile_gapjax(step, box, batches, key, sync, profile_dir, batch, dtype) -> dict:
@@ -422,6 +469,24 @@ def measure_torch(
 ) -> dict:
     """Images/s of the reference NIN's training step in one torch variant (eager, compile,
     max-autotune); a failure (e.g. torch.compile unavailable) returns a "failed" row."""
+    torch._dynamo.reset()
+    one_step, sync, finish = torch_runner(
+        torch, variant, batch, dtype, device=device, pool=pool, seed=seed
+    )
+    try:
+        first, blocks = _time_loop(one_step, sync, steps=steps, warmup=warmup, repeats=repeats)
+    except Exception as e:  # torch.compile missing a compiler, an unsupported op, ...
+        torch._dynamo.reset()
+        return finish(None, None, steps=steps, warmup=warmup, repeats=repeats, error=e)
+    row = finish(first, blocks, steps=steps, warmup=warmup, repeats=repeats)
+    torch._dynamo.reset()
+    return row
+
+
+def torch_runner(
+    torch, variant: str, batch: int, dtype: str = "float32", *, device: str, pool=4, seed=0
+):
+    """(one_step, sync, finish) of the reference NIN's training step, as ``gapjax_runner``."""
     row = {
         "implementation": "torch",
         "variant": variant,
@@ -430,7 +495,6 @@ def measure_torch(
         "device": device,
     }
     F = torch.nn.functional
-    torch._dynamo.reset()
     torch.manual_seed(seed)
     model = build_torch_nin(torch, seed=seed).to(device, memory_format=torch.channels_last)
     count = sum(p.numel() for p in model.parameters())
@@ -470,24 +534,62 @@ def measure_torch(
         totals.add_(torch.stack([loss.detach() * batch, correct.float()]))
         box["i"] += 1
 
-    try:
-        first, blocks = _time_loop(
-            one_step, _torch_sync(torch, device), steps=steps, warmup=warmup, repeats=repeats
-        )
-    except Exception as e:  # torch.compile missing a compiler, an unsupported op, ...
-        torch._dynamo.reset()
-        return {**row, "status": "failed", "error": _error(e)}
-    row.update(
-        status="ok",
-        compile_s=first,
-        **_rates(batch, steps, blocks),
-        steps=steps,
-        warmup=warmup,
-        repeats=repeats,
-        mean_loss=float(totals[0]) / (box["i"] * batch),
-    )
-    torch._dynamo.reset()
-    return row
+    def finish(first, blocks, *, steps, warmup, repeats, error=None) -> dict:
+        if error is not None:
+            return {**row, "status": "failed", "error": _error(error)}
+        return {
+            **row,
+            "status": "ok",
+            "compile_s": first,
+            **_rates(batch, steps, blocks),
+            "steps": steps,
+            "warmup": warmup,
+            "repeats": repeats,
+            "mean_loss": float(totals[0]) / (box["i"] * batch),
+        }
+
+    return one_step, _torch_sync(torch, device), finish
+
+
+def measure_interleaved(runners: list, *, steps: int, warmup: int, repeats: int) -> list:
+    """Rows of several (label, one_step, sync, finish, pause) runners timed in interleaved
+    rounds: each runner's first call and warm-up, then ``repeats`` rounds of one block of
+    ``steps`` steps per runner, so that a machine whose speed drifts (other work on it) slows
+    every competitor alike. ``pause`` seconds of sleep follow a runner's block (PyTorch's
+    OpenMP workers spin on the cores for a while after a call)."""
+    firsts, blocks, failed = {}, {r[0]: [] for r in runners}, {}
+    for label, one_step, sync, _, pause in runners:
+        print(f"{label}: first call and warm-up ...", flush=True)
+        try:
+            t = time.perf_counter()
+            one_step()
+            sync()
+            firsts[label] = time.perf_counter() - t
+            for _ in range(warmup):
+                one_step()
+            sync()
+        except Exception as e:  # torch.compile without a compiler, ...
+            failed[label] = e
+        time.sleep(pause)
+    for r in range(repeats):
+        for label, one_step, sync, _, pause in runners:
+            if label in failed:
+                continue
+            t = time.perf_counter()
+            for _ in range(steps):
+                one_step()
+            sync()
+            blocks[label].append(time.perf_counter() - t)
+            time.sleep(pause)
+        print(f"round {r + 1}/{repeats} done", flush=True)
+    rows = []
+    for label, _, _, finish, _ in runners:
+        kw = {"steps": steps, "warmup": warmup, "repeats": repeats}
+        if label in failed:
+            rows.append(finish(None, None, **kw, error=failed[label]))
+        else:
+            rows.append(finish(firsts[label], blocks[label], **kw))
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -857,7 +959,13 @@ def markdown(result: dict) -> str:
         f"{s['repeats']} block(s); synthetic data on the device; on-device pad-4 crop + flip; "
         "SGD momentum. compile s = the first call (tracing + compilation + one step; eager "
         "torch: the first step). gapjax/torch: gapjax images/s over this row's (on the gapjax "
-        "row: over the best torch variant at that dtype and batch).",
+        "row: over the best torch variant at that dtype and batch)."
+        + (
+            " Every configuration (and the yardstick) was timed in interleaved rounds: one "
+            "block of each per round, median block reported."
+            if s.get("interleave")
+            else ""
+        ),
         "",
         "| implementation | variant | dtype | batch | compile s | images/s | ms/step | "
         "GFLOP/s | gapjax/torch | note |",
@@ -883,7 +991,7 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             f"Yardstick, same run: jitted `jnp.dot` of two ({y['n']}, {y['n']}) {y['dtype']} "
-            f"matrices, {y['ms']:.1f} ms = {y['gflop_per_s']:.1f} GFLOP/s (median of 7). Step "
+            f"matrices, {y['ms']:.1f} ms = {y['gflop_per_s']:.1f} GFLOP/s (median). Step "
             f"GFLOP/s count the convolutions' FLOPs only (forward, and both gradients but the "
             f"first layer's input gradient): {step_flops(1) / 1e9:.3f} GFLOP per image.",
         ]
@@ -1012,6 +1120,12 @@ def parse_args(argv=None):
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time every configuration in interleaved rounds (one block each per round) "
+        "instead of one after the other: fair on a machine shared with other work",
+    )
+    ap.add_argument(
         "--note",
         action="append",
         default=[],
@@ -1094,6 +1208,7 @@ def main(argv=None) -> int:
             "autotune_batches": args.autotune_batches,
             "budget_s": budget,
             "quick": quick,
+            "interleave": args.interleave,
             "config": "configs/nin_cifar10_aug.py",
             "seed": args.seed,
         },
@@ -1130,62 +1245,96 @@ def main(argv=None) -> int:
         result["yardsticks"][d] = measure_dot_yardstick(d)
         print(f"jnp.dot yardstick {d}: {result['yardsticks'][d]['gflop_per_s']:.1f} GFLOP/s")
     configs_ = [(b, d) for b in batches for d in dtypes]
-    for b, d in configs_:
-        print(f"gapjax {d} batch {b} ...", flush=True)
-        rows.append(
-            measure_gapjax(
+    if args.interleave:
+        runners = []
+        for b, d in configs_:
+            print(f"gapjax {d} batch {b}: setting up ...", flush=True)
+            step_fns = gapjax_runner(b, d, pool=args.pool, seed=args.seed)
+            runners.append((f"gapjax {d} batch {b}", *step_fns, 0.0))
+        if torch is not None:
+            torch._dynamo.reset()
+            for variant in variants:
+                for b, d in configs_:
+                    if variant == "max-autotune" and (
+                        not torch_gpu or b not in args.autotune_batches
+                    ):
+                        continue
+                    step_fns = torch_runner(
+                        torch, variant, b, d, device=device, pool=args.pool, seed=args.seed
+                    )
+                    pause = 0.0 if torch_gpu else 0.05
+                    runners.append((f"torch {variant} {d} batch {b}", *step_fns, pause))
+        for d in dtypes:  # the jnp.dot yardstick in the same rounds
+            runners.append((f"yardstick {d}", *_yardstick_runner(d), 0.0))
+        for r in measure_interleaved(runners, steps=steps, warmup=warmup, repeats=repeats):
+            if r["implementation"] == "yardstick":
+                result["yardsticks"][r["dtype"]] = r
+            else:
+                rows.append(r)
+        for r in rows:
+            if r["status"] == "ok":
+                print(
+                    f"  {r['implementation']} {r['variant']} {r['dtype']} batch {r['batch']}: "
+                    f"{r['images_per_s']:,.0f} images/s",
+                    flush=True,
+                )
+    else:
+        for b, d in configs_:
+            print(f"gapjax {d} batch {b} ...", flush=True)
+            rows.append(
+                measure_gapjax(
+                    b,
+                    d,
+                    steps=steps,
+                    warmup=warmup,
+                    repeats=repeats,
+                    pool=args.pool,
+                    seed=args.seed,
+                    profile_dir=args.profile,
+                )
+            )
+            print(f"  {rows[-1]['images_per_s']:,.0f} images/s", flush=True)
+        # Eager rows first (cheap), then the compiled ones, batch by batch in the order given, so
+        # that a spent --budget-s cuts the later batches' compiled rows, not batch 128's.
+        torch_jobs = [(v, b, d) for v in variants if v == "eager" for b, d in configs_]
+        torch_jobs += [(v, b, d) for b, d in configs_ for v in variants if v != "eager"]
+        for variant, b, d in torch_jobs:
+            row = {"implementation": "torch", "variant": variant, "dtype": d, "batch": b}
+            if torch is None:
+                rows.append({**row, "status": "skipped", "reason": torch_missing})
+                continue
+            if variant == "max-autotune" and not torch_gpu:
+                rows.append({**row, "status": "skipped", "reason": "max-autotune: CUDA only"})
+                continue
+            if variant == "max-autotune" and b not in args.autotune_batches:
+                rows.append({**row, "status": "skipped", "reason": "not in --autotune-batches"})
+                continue
+            elapsed = time.perf_counter() - t_start
+            reserve = AUTOTUNE_RESERVE_S if variant == "max-autotune" else 0.0
+            if variant != "eager" and budget and elapsed > budget - reserve:
+                reason = f"time budget: {elapsed:.0f} s elapsed, --budget-s {budget:.0f}"
+                if reserve:
+                    reason += f" less {reserve:.0f} s kept for max-autotune's compilation"
+                rows.append({**row, "status": "skipped", "reason": reason})
+                continue
+            print(f"torch {variant} {d} batch {b} ...", flush=True)
+            r = measure_torch(
+                torch,
+                variant,
                 b,
                 d,
+                device=device,
                 steps=steps,
                 warmup=warmup,
                 repeats=repeats,
                 pool=args.pool,
                 seed=args.seed,
-                profile_dir=args.profile,
             )
-        )
-        print(f"  {rows[-1]['images_per_s']:,.0f} images/s", flush=True)
-    # Eager rows first (cheap), then the compiled ones, batch by batch in the order given, so
-    # that a spent --budget-s cuts the later batches' compiled rows, not batch 128's.
-    torch_jobs = [(v, b, d) for v in variants if v == "eager" for b, d in configs_]
-    torch_jobs += [(v, b, d) for b, d in configs_ for v in variants if v != "eager"]
-    for variant, b, d in torch_jobs:
-        row = {"implementation": "torch", "variant": variant, "dtype": d, "batch": b}
-        if torch is None:
-            rows.append({**row, "status": "skipped", "reason": torch_missing})
-            continue
-        if variant == "max-autotune" and not torch_gpu:
-            rows.append({**row, "status": "skipped", "reason": "max-autotune: CUDA only"})
-            continue
-        if variant == "max-autotune" and b not in args.autotune_batches:
-            rows.append({**row, "status": "skipped", "reason": "not in --autotune-batches"})
-            continue
-        elapsed = time.perf_counter() - t_start
-        reserve = AUTOTUNE_RESERVE_S if variant == "max-autotune" else 0.0
-        if variant != "eager" and budget and elapsed > budget - reserve:
-            reason = f"time budget: {elapsed:.0f} s elapsed, --budget-s {budget:.0f}"
-            if reserve:
-                reason += f" less {reserve:.0f} s kept for max-autotune's compilation"
-            rows.append({**row, "status": "skipped", "reason": reason})
-            continue
-        print(f"torch {variant} {d} batch {b} ...", flush=True)
-        r = measure_torch(
-            torch,
-            variant,
-            b,
-            d,
-            device=device,
-            steps=steps,
-            warmup=warmup,
-            repeats=repeats,
-            pool=args.pool,
-            seed=args.seed,
-        )
-        rows.append(r)
-        if r["status"] == "ok":
-            print(f"  {r['images_per_s']:,.0f} images/s", flush=True)
-        else:
-            print(f"  failed: {r['error'][:200]}", flush=True)
+            rows.append(r)
+            if r["status"] == "ok":
+                print(f"  {r['images_per_s']:,.0f} images/s", flush=True)
+            else:
+                print(f"  failed: {r['error'][:200]}", flush=True)
     add_ratios(rows)
     add_flops(rows, result["yardsticks"])
     result["targets"] = targets(rows)
