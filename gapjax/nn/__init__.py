@@ -1,4 +1,7 @@
-"""Flax modules: one per pooling function, learnable pools, and NIN's mlpconv block.
+"""Flax modules: one per pooling function, learnable pools, NIN's mlpconv block, and ``Conv``.
+
+``Conv`` is ``nnx.Conv`` with a convolution (``conv_general_dilated``) that runs as matrix
+products on CPU, forward and both gradients; ``MLPConv`` is built from it.
 
 NNX modules live here (``from gapjax import nn``); Linen versions of the global pooling layers
 are in ``gapjax.nn.linen``. Modules hold settings and parameters and call the functions of
