@@ -171,6 +171,11 @@ def test_a_run_resumes_from_the_newest_checkpoint_that_restores(tmp_path, digits
     with pytest.raises(KeyboardInterrupt):
         run(config, workdir, dataset=digits, on_epoch=crash)
     truncate(files(workdir / "checkpoints" / "2")[-1])
+    with pytest.warns(UserWarning, match="epoch 1 instead"):  # evaluation falls back too
+        restore_model(workdir)
+    assert (workdir / "checkpoints" / "2").is_dir()  # and moves nothing
+    with pytest.raises(CheckpointError, match=rf"checkpoint {workdir / 'checkpoints' / '2'} "):
+        restore_model(workdir, epoch=2)
     with pytest.warns(UserWarning, match=rf"{workdir / 'checkpoints' / '2'} .*epoch 1 instead"):
         results = run(config, workdir, dataset=digits)
     assert results["epochs"] == 3
