@@ -536,6 +536,22 @@ class _Box:
             for k, s, d, p in zip(self.kernel, self.stride, self.dilation, self.pad, strict=True)
         )
 
+    def _spans(self, shape: tuple[int, ...]) -> list[bool]:
+        return [
+            k == shape[a] - c and p == (0, 0) and d == 1
+            for a, k, c, p, d in zip(
+                self.axes, self.kernel, self.crop, self.pad, self.dilation, strict=True
+            )
+        ]
+
+    def whole(self, shape: tuple[int, ...]) -> bool:
+        """Whether there is one window, over all the pooled axes (a global pool)."""
+        return all(self._spans(shape))
+
+    def spans_an_axis(self, shape: tuple[int, ...]) -> bool:
+        """Whether the window covers at least one pooled axis whole."""
+        return any(self._spans(shape))
+
     def window_args(self, ndim: int):
         dims, strides, dil, pads = [1] * ndim, [1] * ndim, [1] * ndim, [(0, 0)] * ndim
         for i, a in enumerate(self.axes):
@@ -614,6 +630,15 @@ def _box_sum(x: jax.Array, box: _Box) -> jax.Array:
     return lax.reduce_window(x, zero, lax.add, dims, strides, pads, window_dilation=dil)
 
 
+def _box_value(x: jax.Array, box: _Box, largest: bool) -> jax.Array:
+    """The extreme of each window (padding reads the identity), NaN-propagating."""
+    x = box.cropped(x)
+    dims, strides, pads, dil = box.window_args(x.ndim)
+    op = lax.max if largest else lax.min
+    identity = np.asarray(_identity(x.dtype, largest), x.dtype)
+    return lax.reduce_window(x, identity, op, dims, strides, pads, window_dilation=dil)
+
+
 _NO_CELL = np.iinfo(np.int32).max
 
 
@@ -641,18 +666,16 @@ def _box_winner(x: jax.Array, box: _Box, largest: bool) -> tuple[jax.Array, jax.
             take = jnp.where(na | nb, nb & (~na | (ib > ia)), take)
         return jnp.where(take, vb, va), jnp.where(take, ib, ia)
 
+    identity = np.asarray(_identity(x.dtype, largest), x.dtype)
+    init = (identity, np.asarray(_NO_CELL, np.int32))
+    if box.whole(x.shape):  # one window over the whole axes: a reduce (cheaper to compile)
+        a0, a1 = box.axes[0], box.axes[-1]
+        view = (math.prod(x.shape[:a0]), -1, math.prod(x.shape[a1 + 1 :]))
+        out_shape = tuple(1 if a in box.axes else d for a, d in enumerate(x.shape))
+        value, win = lax.reduce((x.reshape(view), index.reshape(view)), init, pick, (1,))
+        return value.reshape(out_shape), win.reshape(out_shape)
     dims, strides, pads, dil = box.window_args(x.ndim)
-    identity = jnp.asarray(_identity(x.dtype, largest), x.dtype)
-    value, win = lax.reduce_window(
-        (x, index),
-        (identity, jnp.asarray(_NO_CELL, jnp.int32)),
-        pick,
-        dims,
-        strides,
-        pads,
-        window_dilation=dil,
-    )
-    return value, win
+    return lax.reduce_window((x, index), init, pick, dims, strides, pads, window_dilation=dil)
 
 
 def _at_flat(t: jax.Array, box: _Box, win: jax.Array) -> jax.Array:
@@ -688,9 +711,15 @@ def _box_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any, want_index:
 
     @jax.custom_jvp
     def extreme(x):
-        # The variadic reduction, not ``lax.reduce_window(x, -inf, lax.max)``: XLA rewrites a
-        # window over the whole input as a reduce, which on CPU drops NaN.
-        return _box_select(x, box, largest, floor)[0]
+        if box.spans_an_axis(x.shape):
+            # Not ``lax.reduce_window``: XLA rewrites a window over a whole axis as a reduce,
+            # which on CPU drops NaN.
+            return _box_select(x, box, largest, floor)[0]
+        best = _box_value(x, box, largest)
+        if floor is None:
+            return best
+        edge = jnp.asarray(floor, best.dtype)
+        return jnp.where(best < edge if largest else best > edge, edge, best)
 
     @extreme.defjvp
     def extreme_jvp(primals, tangents):

@@ -134,6 +134,19 @@ def test_adaptive_global_window_of_a_volume():
     )
 
 
+@pytest.mark.parametrize("out", [(40, 1), (1, 37), (1, 1)])
+def test_windows_over_a_whole_axis_keep_nan(out):
+    # XLA turns a window over a whole axis into a reduce, whose CPU max drops NaN.
+    x = W.ties((2, 3, 40, 37), seed=8)
+    x[0, 1, 5, 9] = x[1, 2, 39, 36] = np.nan
+    y, i = gapjax.adaptive_max_pool(jnp.asarray(W.nhwc(x)), out, return_indices=True)
+    ry, ri = W.ref_pool(x, "max", (40 // out[0], 37 // out[1]), (40 // out[0], 37 // out[1]), 0)
+    np.testing.assert_array_equal(W.nchw(y), ry)
+    np.testing.assert_array_equal(W.nchw(i), ri)
+    g = jax.grad(lambda v: jnp.sum(gapjax.adaptive_max_pool(v, out)))(jnp.asarray(W.nhwc(x)))
+    np.testing.assert_array_equal(W.nchw(g), W.ref_max_grad(x.shape, ri, np.ones(ry.shape)))
+
+
 def _count(jaxpr) -> int:
     """Equations of a jaxpr, those of the jaxprs inside it (jit, custom rules...) included."""
     n = 0
