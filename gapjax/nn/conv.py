@@ -38,6 +38,10 @@ __all__ = ["Conv", "conv_general_dilated"]
 # independent products (one per core and then some); fewer when the rows do not divide.
 _DW_GROUPS = (8, 4, 2)
 _DW_MIN_ROWS = 512  # rows per group below which one product is as good
+# k x k kernels on inputs with at most this many channels (an image's) take XLA's convolution
+# forward and input gradient, and the weight gradient as im2col + products; wider inputs
+# keep XLA's convolution (see _cpu).
+_IM2COL_DW_MAX_IN = 16
 
 
 def conv_general_dilated(
@@ -130,7 +134,15 @@ def _default(lhs: jax.Array, rhs: jax.Array, *, out_sharding: Any = None, **kwar
 
 
 def _cpu(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
-    """The matrix-product formulation, whatever the platform (for CPU, and for the tests)."""
+    """The CPU formulation, whatever the platform (for CPU, and for the tests).
+
+    Chosen by what measured fastest on XLA:CPU (``benchmarks/conv_cpu.py``): 1x1 kernels are
+    matrix products, forward and both gradients (XLA's convolution is 3-9x slower there);
+    k x k kernels on few input channels (an image's) keep XLA's forward pass and input
+    gradient, and compute the weight gradient as im2col + products (XLA's is 2x slower);
+    k x k kernels on wider inputs are XLA's convolution, forward and gradients, which beat the
+    im2col formulation there (the patches cost more to write than the products they save).
+    """
     plan = _plan(lhs, rhs, **kwargs)
     if plan is None:
         raise ValueError(
@@ -138,14 +150,22 @@ def _cpu(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
             f"{rhs.shape} and {kwargs}."
         )
     strides, pads = plan
-    return _conv_cpu(
-        lhs,
-        rhs,
-        strides=strides,
-        pads=pads,
-        precision=kwargs.get("precision"),
-        preferred_element_type=kwargs.get("preferred_element_type"),
-    )
+    precision, preferred = kwargs.get("precision"), kwargs.get("preferred_element_type")
+    if all(k == 1 for k in rhs.shape[:-2]):
+        return _conv_cpu(
+            lhs,
+            rhs,
+            strides=strides,
+            pads=pads,
+            precision=precision,
+            preferred_element_type=preferred,
+        )
+    if lhs.shape[-1] <= _IM2COL_DW_MAX_IN:
+        dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+        return _conv_xla_im2col_dw(
+            lhs.astype(dtype), rhs.astype(dtype), strides, pads, precision, preferred
+        )
+    return _default(lhs, rhs, **kwargs)
 
 
 def _plan(
@@ -290,17 +310,62 @@ def _conv_mm_bwd(x_shape, strides, pads, precision, preferred, res, g):
     # dcols = g @ w.T, contracting both on their last axis (no transposed copy of w).
     dcols = lax.dot_general(g, w, (((2,), (1,)), ((), ())), precision=precision)
     dx = _col2im(dcols, x_shape, kernel.shape, strides, pads)
-    # dw = cols.T @ g, a contraction over every row: as one product XLA:CPU runs it on one
-    # core at a time, so one product per row group (batched), then a small sum over the
-    # groups, accumulated in float32 for 16-bit inputs.
+    return dx.astype(cols.dtype), _weight_gradient(cols, g, kernel, precision)
+
+
+def _weight_gradient(cols, g, kernel, precision):
+    """``cols.T @ g`` as the kernel's gradient.
+
+    A contraction over every row: as one product XLA:CPU runs it on one core at a time, so one
+    product per row group (batched), then a small sum over the groups, accumulated in float32
+    for 16-bit inputs.
+    """
+    g = g.reshape(*cols.shape[:2], kernel.shape[-1])
     acc = jnp.float32 if jnp.dtype(kernel.dtype).itemsize < 4 else kernel.dtype
     dw = lax.dot_general(
         cols, g, (((1,), (1,)), ((0,), (0,))), precision=precision, preferred_element_type=acc
     )
-    return dx.astype(cols.dtype), dw.sum(0).astype(kernel.dtype).reshape(kernel.shape)
+    return dw.sum(0).astype(kernel.dtype).reshape(kernel.shape)
 
 
 _conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
+
+
+def _xla_conv(x, kernel, strides, pads, precision, preferred):
+    n = x.ndim - 2
+    spec = ("N" + "".join(map(str, range(n))) + "C", "".join(map(str, range(n))) + "IO")
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        strides,
+        pads,
+        dimension_numbers=lax.conv_dimension_numbers(x.shape, kernel.shape, (*spec, spec[0])),
+        precision=precision,
+        preferred_element_type=preferred,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_xla_im2col_dw(x, kernel, strides, pads, precision, preferred):
+    """XLA's convolution whose weight gradient is im2col + products (input gradient: XLA's)."""
+    return _xla_conv(x, kernel, strides, pads, precision, preferred)
+
+
+def _conv_xla_im2col_dw_fwd(x, kernel, strides, pads, precision, preferred):
+    return _xla_conv(x, kernel, strides, pads, precision, preferred), (x, kernel)
+
+
+def _conv_xla_im2col_dw_bwd(strides, pads, precision, preferred, res, g):
+    x, kernel = res
+    if preferred is not None:
+        g = g.astype(kernel.dtype)
+    _, vjp = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads, precision, None), x)
+    (dx,) = vjp(g)
+    cols = _im2col(x, kernel.shape, strides, pads)
+    return dx, _weight_gradient(cols, g, kernel, precision)
+
+
+_conv_xla_im2col_dw.defvjp(_conv_xla_im2col_dw_fwd, _conv_xla_im2col_dw_bwd)
 
 
 class Conv(nnx.Conv):
@@ -346,7 +411,7 @@ class Conv(nnx.Conv):
         super().__init__(in_features, out_features, kernel_size, strides, **kwargs)
 
     def __call__(
-        self, inputs: Float[ArrayLike, "*batch channels"], out_sharding: Any = None
+        self, inputs: Shaped[ArrayLike, "*batch channels"], out_sharding: Any = None
     ) -> Float[Array, "..."]:
         """Applies the convolution (``nnx.Conv.__call__``).
 

@@ -1,7 +1,8 @@
-"""gapjax.nn.conv: the matrix-product convolution against lax.conv_general_dilated.
+"""gapjax.nn.conv: the CPU formulations of the convolution against lax.conv_general_dilated.
 
-The CPU formulation (``conv._cpu``) and the native one (``conv._default``, what GPU and TPU
-run) are called directly, so both are compared on this CPU-only machine: values, the input and
+The CPU formulation (``conv._cpu``: products for 1x1 kernels, an im2col weight gradient for
+k x k kernels on few channels) and the native one (``conv._default``, what GPU and TPU run)
+are called directly, so both are compared on this CPU-only machine: values, the input and
 kernel gradients, and (through the modules) the bias gradient, in float32 and bfloat16, over
 kernel sizes 1, 3, 5, strides, every padding form MLPConv accepts and 1-3 spatial axes.
 """
@@ -92,12 +93,31 @@ def test_cpu_formulation_matches_lax_bfloat16(case):
 
 
 def test_public_function_takes_the_cpu_branch_here_and_keeps_native_conv_elsewhere():
-    x, k, kwargs = _args(CASES[8], jnp.float32)
+    x, k, kwargs = _args(CASES[5], jnp.float32)  # 1x1, stride 2: products on CPU
+
+    def loss(x, k):
+        return jnp.sum(nn.conv_general_dilated(x, k, **kwargs) ** 2)
+
     fn = jax.jit(lambda x, k: nn.conv_general_dilated(x, k, **kwargs))
     np.testing.assert_allclose(fn(x, k), lax.conv_general_dilated(x, k, **kwargs), atol=2e-6)
-    assert "convolution" not in fn.lower(x, k).as_text()  # on CPU: the products
-    cuda = jax.export.export(fn, platforms=("cuda",))(x, k).mlir_module()
-    assert "stablehlo.convolution" in cuda and "custom_call" not in cuda
+    for f in (fn, jax.jit(jax.grad(loss, argnums=(0, 1)))):
+        assert "convolution" not in f.lower(x, k).as_text()  # on CPU: the products
+        cuda = jax.export.export(f, platforms=("cuda",))(x, k).mlir_module()
+        assert "stablehlo.convolution" in cuda and "custom_call" not in cuda
+
+
+def test_cpu_routing():
+    """1x1: products; k x k on few channels: XLA forward, im2col weight gradient; else XLA."""
+    one, few, wide = (
+        _args(((8, 8), window, (1, 1), "SAME"), jnp.float32, cin=cin)
+        for window, cin in (((1, 1), 32), ((3, 3), 3), ((3, 3), 32))
+    )
+    for (x, k, kwargs), conv_fwd, conv_dw in ((one, 0, 0), (few, 1, 0), (wide, 1, 1)):
+        fwd = jax.jit(lambda x, k, kwargs=kwargs: conv._cpu(x, k, **kwargs))
+        dw = jax.jit(jax.grad(lambda k, x, kwargs=kwargs: jnp.sum(conv._cpu(x, k, **kwargs) ** 2)))
+        assert fwd.lower(x, k).as_text().count("stablehlo.convolution") == conv_fwd
+        # The weight gradient alone: its forward pass plus the weight's cotangent.
+        assert dw.lower(k, x).as_text().count("stablehlo.convolution") == conv_fwd + conv_dw
 
 
 @pytest.mark.parametrize(
@@ -185,6 +205,24 @@ def test_bfloat16_module_and_float32_parameters():
     ref_grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32) ** 2))(reference)
     assert grads["kernel"][...].dtype == jnp.float32
     assert _relative(grads["kernel"][...], ref_grads["kernel"][...]) < 2e-2
+
+
+def _conv_mm(x, k, **kwargs):
+    strides, pads = conv._plan(x, k, **kwargs)
+    return conv._conv_cpu(
+        x, k, strides=strides, pads=pads, precision=None, preferred_element_type=None
+    )
+
+
+@pytest.mark.parametrize("case", CASES[6:12:2], ids=lambda c: f"{c[0]}k{c[1]}s{c[2]}p{c[3]}")
+def test_im2col_product_formulation_of_k_by_k_kernels(case):
+    # The full matrix-product path (not routed to for k x k kernels on CPU, which measured
+    # slower there than XLA's convolution) still computes the convolution and its gradients.
+    x, k, kwargs = _args(case, jnp.float32)
+    got = jax.jit(lambda x, k: _value_and_grads(_conv_mm, x, k, kwargs))(x, k)
+    want = jax.jit(lambda x, k: _value_and_grads(conv._default, x, k, kwargs))(x, k)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * float(jnp.max(jnp.abs(b))))
 
 
 def test_weight_gradient_splits_its_rows_into_groups():
