@@ -39,6 +39,8 @@ CASES = [
     ("noncontig", (4, 9, 5, 33), (1, 3)),
     ("size1_inside", (3, 21, 1, 17, 40), (1, 2, 3)),
     ("tiny", (2, 3, 4, 5), (1, 2)),
+    ("cl_index_pass", (2, 60, 48, 48), (1, 2)),  # >= 2**18 elements: the chunked index pass
+    ("cf_index_pass", (2, 48, 60, 48), (2, 3)),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -72,7 +74,8 @@ def test_values_against_numpy(name, shape, axes):
 
 def test_cases_reach_the_formulation_they_name():
     plans = {name: K._sum_plan(jnp.zeros(shape), axes) for name, shape, axes in CASES}
-    assert {n for n, p in plans.items() if p == "dot"} == {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd"}
+    dot = {"cl_dot_wide", "cl_dot_k1", "cl_dot_odd", "cl_index_pass"}
+    assert {n for n, p in plans.items() if p == "dot"} == dot
     assert {n for n, p in plans.items() if p != "dot"} == {
         n for n, p in plans.items() if p == "plain"
     }
@@ -187,7 +190,18 @@ GRAD_CASES = [
     c
     for c in CASES
     if c[0]
-    in ("cl_dot_wide", "cl_dot_odd", "cl_small", "cf_many", "cf_few", "3d_cl", "noncontig", "tiny")
+    in (
+        "cl_dot_wide",
+        "cl_dot_odd",
+        "cl_small",
+        "cf_many",
+        "cf_few",
+        "3d_cl",
+        "noncontig",
+        "tiny",
+        "cl_index_pass",
+        "cf_index_pass",
+    )
 ]
 
 
