@@ -1,23 +1,26 @@
-"""Convolutions that XLA:CPU runs at matrix-product speed: ``conv_general_dilated`` and ``Conv``.
+"""Convolutions that XLA:CPU runs fast: ``conv_general_dilated`` and ``Conv``.
 
-On CPU, XLA (jaxlib 0.10) runs ``lax.conv_general_dilated``'s weight gradient far below the
-speed of a matrix product of the same size (a 1x1 convolution's, batch 128 at 32x32, 10-40x
-slower), which makes small CNNs such as NIN train several times slower than PyTorch. Here a
-channels-last convolution is written, on CPU only, as what it is: one matrix product over the
-channel axis (1x1 kernels), or over the channels of the ``prod(kernel)`` shifted views of the
-padded input concatenated on the channel axis (im2col, k x k kernels). The whole convolution
-is a ``jax.custom_vjp`` whose two gradients are matrix products too: the input gradient is
-``g @ kernel.T`` added back onto the input positions (col2im, XLA's own transpose of the
-slices and the concatenation), and the weight gradient's long contraction (over batch and
-positions) is split into a few independent batched products, so that every core gets one
-(as one product, XLA:CPU runs it on one core at a time). Other backends (GPU, TPU)
-keep ``lax.conv_general_dilated`` (cuDNN), chosen at lowering time by ``lax.platform_dependent``;
-so do the layouts and options the formulation does not cover (channels first, dilation, feature
-groups). The results are those of ``lax.conv_general_dilated`` up to float rounding (the sums
-run in a different order).
+On CPU, XLA (jaxlib 0.10) runs some convolutions far below the speed of a matrix product of
+the same size: a 1x1 convolution's forward pass and gradients (batch 128 at 32x32, 192 -> 160
+channels: 3x and 9x slower), and the weight gradient of a k x k convolution on an image's few
+channels (2x). Those made NIN train several times slower than PyTorch. Here, on CPU only, a
+channels-last convolution takes the formulation that measured fastest
+(``benchmarks/conv_cpu.py``, results in ``benchmarks/results/``):
 
-Measurements, per NIN layer against ``lax`` and PyTorch and for the whole training step, are in
-``benchmarks/results/`` (``benchmarks/conv_cpu.py``, ``benchmarks/train_throughput.py``).
+- 1x1 kernels are what they are, a matrix product over the channel axis, forward and both
+  gradients (a ``jax.custom_vjp``; strides and padding are slices of the input);
+- k x k kernels on at most 16 input channels keep XLA's forward pass and input gradient, and
+  compute the weight gradient as im2col (the shifted views of the padded input concatenated on
+  the channel axis) times the output gradient;
+- k x k kernels on wider inputs keep XLA's convolution, which there beats im2col (writing the
+  patches costs more than the products save).
+
+Weight gradients contract over every (batch x position) row, which XLA:CPU runs on one core at
+a time as a single product; they are split into a few independent batched products, one per
+core and then some. Other backends (GPU, TPU) keep ``lax.conv_general_dilated`` (cuDNN),
+chosen at lowering time by ``lax.platform_dependent``; so do the layouts and options the CPU
+formulations do not cover (channels first, dilation, feature groups). The results are those
+of ``lax.conv_general_dilated`` up to float rounding (the sums run in another order).
 """
 
 import functools
@@ -58,15 +61,16 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
     out_sharding: Any = None,
 ) -> Shaped[Array, "..."]:
-    """``lax.conv_general_dilated``, computed on CPU as matrix products (im2col + dot).
+    """``lax.conv_general_dilated``, computed on CPU with matrix products where XLA's is slow.
 
     ``out[b, p, o] = sum_{t, c} x_pad[b, s * p + t, c] * kernel[t, c, o]`` over the kernel taps
     ``t`` and input channels ``c`` (a cross-correlation, as in ``lax``). Same arguments and
     result as ``lax.conv_general_dilated``, so it can be handed to ``nnx.Conv`` as its
     ``conv_general_dilated``. On CPU, channels-last inputs (``lhs`` ``(batch, *spatial, in)``,
-    ``rhs`` ``(*kernel, in, out)``) without dilation or feature groups take the matrix-product
-    formulation, forward and both gradients; everything else, and every other backend, is
-    ``lax.conv_general_dilated`` itself.
+    ``rhs`` ``(*kernel, in, out)``) without dilation or feature groups take matrix products
+    where they measured faster (1x1 kernels: forward and both gradients; k x k kernels on at
+    most 16 input channels: the weight gradient; see the module docstring); everything else,
+    and every other backend, is ``lax.conv_general_dilated`` itself.
 
     Args:
       lhs: the input, ``(batch, *spatial, in)`` for the fast path.
@@ -369,14 +373,14 @@ _conv_xla_im2col_dw.defvjp(_conv_xla_im2col_dw_fwd, _conv_xla_im2col_dw_bwd)
 
 
 class Conv(nnx.Conv):
-    """``flax.nnx.Conv`` whose convolution runs at matrix-product speed on CPU.
+    """``flax.nnx.Conv`` whose convolution XLA:CPU runs fast, forward and both gradients.
 
     A drop-in for ``nnx.Conv``: the same constructor arguments, the same parameters (``kernel``
     ``(*kernel_size, in_features // feature_group_count, out_features)`` and ``bias``), the
     same initialization and results; ``nnx.Conv`` state loads into it and back. Only the
-    convolution differs: ``conv_general_dilated`` of this module, which on CPU computes the
-    (channels-last, undilated, ungrouped) convolution and both its gradients as matrix products
-    and elsewhere is ``lax.conv_general_dilated``.
+    convolution differs: this module's ``conv_general_dilated``, which on CPU computes 1x1
+    convolutions (forward and gradients) and the weight gradients of k x k convolutions on few
+    channels as matrix products, and elsewhere is ``lax.conv_general_dilated``.
 
     Args:
       in_features: input channels.
