@@ -23,13 +23,14 @@ Gradients are custom JVPs whose tangents are plain ``jnp`` expressions, so rever
 transposes them to a broadcast (sum, mean) or to ``where(position == index, g, 0)`` (max,
 min): one write of dx. The max rule is PyTorch's (and ``max_pool``'s): the whole cotangent goes
 to the first maximum in row-major order of the pooled positions, or to the first NaN. Its index
-comes from one extra pass over x after the max (``_first_hit``), about 3x faster than
-``jax.vjp`` of ``jnp.max``, which splits the cotangent among ties and reads x again.
+comes from one extra pass over x after the max (``_first_hit``), faster than ``jax.vjp`` of
+``jnp.max``, which splits the cotangent among ties and reads x again.
 """
 
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,8 @@ __all__ = ["spatial_max", "spatial_mean", "spatial_min", "spatial_sum"]
 # Below this many elements XLA's own emitters handle reductions well; the dot and tree
 # formulations only add overhead.
 _MIN_ELEMENTS = 4096
-# Below this many elements the max's index is one plain pass (``_first_max_or_nan``): the
-# chunked pass saves less than 0.1 ms there and costs 0.2 s more to compile.
+# Below this many elements the max's index is one plain pass (``_first_max_or_nan``): what the
+# chunked pass saves at run time there is less than what it costs to compile.
 _INDEX_PASS_MIN_ELEMENTS = 2**18
 # Channels-last sums use the batched dot when one batch holds at least this many elements.
 _DOT_MIN_BATCH_ELEMENTS = 40960
@@ -270,12 +271,11 @@ def _reduce_rows(x3: jax.Array, leaf, combine, finish) -> jax.Array:
     return _unfused(finish, y)
 
 
-def _unfused(fn, y: jax.Array) -> jax.Array:
+def _unfused(fn, y: jax.Array) -> Any:
     """``fn(y)`` with y materialized: XLA would otherwise fuse the tree computing y into the
-    reduce in fn, whose emitter then runs 2-3x slower than the tree alone ((32,7,7,2048): 0.5
-    vs 0.2 ms). A conditional is a fusion boundary that XLA keeps (``optimization_barrier`` is
-    not, on CPU); the predicate is data-dependent so it is not folded away, and both branches
-    compute the same thing."""
+    reduce in fn, whose emitter then runs slower than the tree alone. A conditional is a fusion
+    boundary that XLA keeps (``optimization_barrier`` is not, on CPU); the predicate is
+    data-dependent so it is not folded away, and both branches compute the same thing."""
     flat = y.reshape(-1)
     return lax.cond(flat[0] > flat[-1], fn, fn, y)
 
@@ -378,9 +378,8 @@ def _first_hit(x3: jax.Array, m: jax.Array) -> jax.Array:
 
 def _first_hit_code(x3: jax.Array, m: jax.Array) -> jax.Array:
     """``_first_hit`` for 16-bit floats and R < 2**15: an int16 code R - r at the maxima (0
-    elsewhere), reduced by one max. XLA's strided loops run 10x slower on 16-bit floats than on
-    float32 (the 16-stream chunks of ``_first_hit``: (128,32,32,64) bfloat16 14 ms), while this
-    fused map-and-reduce takes 1.0 ms, and 0.28 on (256,8,8,192)."""
+    elsewhere), reduced by one max: XLA's strided loops run many times slower on 16-bit floats
+    than on float32, while this fused map-and-reduce does not."""
     R = x3.shape[1]
     mb = jnp.expand_dims(m, 1)
     r = lax.broadcasted_iota(jnp.int16, x3.shape, 1)
@@ -493,12 +492,10 @@ def _extreme_jvp(axes, largest, primals, tangents):
 def spatial_max(x: ArrayLike, axes: int | Sequence[int]) -> jax.Array:
     """``jnp.max(x, axis=axes)`` in x's dtype, NaN-propagating, with PyTorch's gradient.
 
-    On CPU, ``jnp.max`` (YNNPACK) drops NaN and is slow for channels-last layouts: float32
-    channels last runs as elementwise max trees instead (NaN-exact; (64,56,56,256) 8-11 ms vs
-    11-14), other cases as YNNPACK's max plus a NaN check; see the module docstring. The
+    On CPU, XLA's float32 reduce-max drops NaN: channels last runs as elementwise max trees
+    instead, other layouts as the reduce plus a NaN check (see the module docstring). The
     gradient sends the whole cotangent to the first maximum (row-major over ``axes``), or to the
-    first NaN, as PyTorch's ``adaptive_max_pool`` and gapjax's ``max_pool`` do; it is a custom
-    JVP, so forward mode and higher orders work.
+    first NaN; it is a custom JVP, so forward mode and higher orders work.
     """
     x = jnp.asarray(x)
     axes = _normalize_axes(x.ndim, axes)

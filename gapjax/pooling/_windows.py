@@ -14,15 +14,22 @@ progression (every windowed pool; adaptive pools whose windows tile the input) i
 ``lax.slice`` padded with the reduction's identity over the outputs whose tap lies in padding, so
 XLA fuses all the taps of a window into one loop over the output that reads the input once and
 never materializes a padded copy. Otherwise (adaptive windows of varying size) it is a gather.
-Small windows reduce all their axes at once (one fused loop, ``prod(kernel)`` taps); larger ones
-axis by axis, last axis first (``sum(kernel)`` taps), which gives the same maxima, the same sums up
-to rounding, and, for max, the same winner as a row-major scan of the whole window.
+Small windows reduce all their axes at once (one fused loop, ``prod(kernel)`` taps); irregular
+adaptive windows of more cells axis by axis, last axis first (``sum(kernel)`` taps), which gives
+the same maxima, the same sums up to rounding, and, for max, the same winner as a row-major scan
+of the whole window.
 
 Max/min pooling route the gradient to one winner per window, PyTorch's rule: the first maximum in
-row-major window order, or the last NaN if the window holds any. A custom VJP records the winning
-tap (an int8 per output) in the forward pass, and the backward pass is the transpose of the tap
-gathers applied to the cotangent masked by the winner: one fused loop writing the gradient, no
-scatter and no second read of the input (XLA's select-and-scatter is 10x slower on CPU).
+row-major window order, or the last NaN if the window holds any. A custom JVP finds the winning
+tap (an int8 per output) in the same scan as the extreme, and the backward pass is the transpose
+of the tap gathers applied to the cotangent masked by the winner: one fused loop writing the
+gradient, no scatter and no second read of the input (XLA's select-and-scatter is much slower on
+CPU).
+
+Large windows (more than ``_BOX_MIN_CELLS`` cells) on plain sliding-window geometry would make
+the taps, and the time to compile them, grow with the kernel: they are one XLA window reduction
+instead (``_box_*``: ``lax.reduce_window``, a reshape where they tile the input; for max and min
+a variadic reduction carrying the winner's flat position, whose tangent is a gather).
 """
 
 import dataclasses
@@ -460,7 +467,7 @@ class Stage:
         """``fn(stage, region)`` for the whole output, computed region by region.
 
         Windows that touch padding read it through ``lax.pad``, which XLA's CPU loops handle
-        element by element (10x slower than plain slices). So the output is split, axis by
+        element by element (far slower than plain slices). So the output is split, axis by
         axis, into the interior (every tap inside x: slices only) and thin borders, each
         computed by ``fn`` on the restricted stage and concatenated back. ``fn`` returns an
         array or a tuple of arrays laid out like the stage output.
@@ -777,11 +784,11 @@ def _identity(dtype, largest: bool):
     return info.min if largest else info.max
 
 
-def _written_out(fn, x: jax.Array) -> jax.Array:
+def _written_out(fn, x: jax.Array) -> Any:
     """``fn(x)``, written out to memory on CPU.
 
     Without this, XLA fuses the computation of a window's winner into every tap of the backward
-    pass that reads it and recomputes it once per tap (10x slower); a conditional is a fusion
+    pass that reads it and recomputes it once per tap; a conditional is a fusion
     boundary XLA keeps (see ``_kernels._unfused``). Other platforms compute ``fn(x)`` as it is.
     """
     return lax.platform_dependent(x, cpu=lambda v: _kernels._unfused(fn, v), default=fn)
@@ -798,8 +805,7 @@ def _select(
 
     The winner is PyTorch's: the first tap equal to the extreme in row-major order, or the last
     NaN; a window of -inf values (all taps equal to the padding) points at its first cell inside
-    the input, where PyTorch starts its scan. Computed from the extreme, so that the extreme
-    itself stays one fast reduction. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
+    the input, where PyTorch starts its scan. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
     clamped to it and a window whose taps all lie beyond it has no winner (-1: no gradient).
     """
     best, win = _xla_select(stage, x, largest, floor)
@@ -807,45 +813,41 @@ def _select(
 
 
 def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
-    """(extreme, winner) by the tap engine: the extreme, then the winner from it (two passes)."""
-    best = _extreme(stage, x, largest, floor)
+    """(extreme, winner) by the tap engine from one set of taps: a running scan over the taps
+    in row-major order that takes a tap strictly beyond the best so far, or a NaN (so the first
+    extreme, or the last NaN; padding, which reads the identity, never wins)."""
+    fill = _identity(x.dtype, largest)
+    floating = jnp.issubdtype(x.dtype, jnp.floating)
 
-    def winner(v):
-        return stage.assemble(
-            lambda st, region: _winner(
-                st, v, _region_of(best, stage.axes, region), largest, none=floor is not None
-            )
-        )
+    def scan(st: Stage, v: jax.Array):
+        combos = st.combos
+        idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
+        default = -1 if floor is not None else st.first_valid(v.ndim)
+        best = win = None
+        for t, combo in enumerate(combos):
+            tap = st.tap(v, combo, fill)
+            if best is None:
+                best = jnp.full(tap.shape, fill, v.dtype)
+                win = jnp.broadcast_to(jnp.asarray(default, idx_dtype), tap.shape)
+            take = tap > best if largest else tap < best
+            if floating:
+                take = take | jnp.isnan(tap)
+            best = jnp.where(take, tap, best)
+            win = jnp.where(take, jnp.asarray(t, idx_dtype), win)
+        if floor is not None:
+            edge = jnp.asarray(floor, best.dtype)
+            best = jnp.where(best < edge if largest else best > edge, edge, best)
+        return best, win
 
-    return best, _written_out(winner, x)
+    def both(v):
+        return stage.assemble(lambda st, _: scan(st, v))
+
+    return _written_out(both, x)
 
 
 def _winner_tangent(stage: Stage, t: jax.Array, win: jax.Array) -> jax.Array:
     """The tangent of a window extreme: the tangent of each window's winning tap."""
     return _linear_taps(stage, t, win)
-
-
-def _winner(
-    stage: Stage, x: jax.Array, best: jax.Array, largest: bool, none: bool = False
-) -> jax.Array:
-    """The row-major index of the first tap equal to ``best`` (the last NaN if any); where no
-    tap equals it, the window's first cell inside the input, or -1 if ``none``."""
-    combos = stage.combos
-    idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
-    default = -1 if none else stage.first_valid(x.ndim)
-    win = jnp.broadcast_to(jnp.asarray(default, idx_dtype), best.shape)
-    fill = _identity(x.dtype, largest)
-    taps = [stage.tap(x, c, fill) for c in combos]
-    for t in reversed(range(len(combos))):
-        hit = taps[t] == best
-        valid = stage.valid(combos[t], x.ndim)
-        if valid is not None:
-            hit = hit & valid
-        win = jnp.where(hit, jnp.asarray(t, idx_dtype), win)
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        for t in range(len(combos)):
-            win = jnp.where(jnp.isnan(taps[t]), jnp.asarray(t, idx_dtype), win)
-    return win
 
 
 def _pick(stage: Stage, p: jax.Array, win: jax.Array) -> jax.Array:
@@ -868,7 +870,7 @@ def _linear_taps(stage: Stage, t: jax.Array, win: jax.Array | None) -> jax.Array
     written as the transpose of ``_scatter_back``. Reverse mode transposes it once more and so
     runs ``_scatter_back`` itself: slices and concatenations, where JAX's own transpose of the
     strided, padded tap slices is a sum of padded arrays that XLA:CPU emits element by element
-    (2-3x slower). Being made of ordinary ops, it works under jvp, vmap and every order.
+    (slower). Being made of ordinary ops, it works under jvp, vmap and every order.
     """
     dtype = t.dtype
     acc = _acc(dtype)
