@@ -12,7 +12,6 @@ interleaved repeats, and reports the medians and the ratio gapjax / hand-written
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 from flax import linen
-from pooling import machine, versions
+from pooling import describe, machine, save_result, versions
 
 import gapjax
 
@@ -103,7 +102,7 @@ def main(argv=None) -> int:
     compile_seconds(lambda v: jnp.sin(v) + 1, jnp.zeros((3,)))
     m, v = machine(), versions()
     print(f"# compile time, seconds (median of {args.repeats})\n")
-    print(f"{m['cpu_model']} ({m['vector_isa']}), {m['cpu_count']} CPUs, jax {v['jax']}\n")
+    print(describe(m, v) + "\n")
     print("| pool | shape | pass | gapjax | hand-written | ratio |")
     print("|---|---|---|---:|---:|---:|")
     rows = []
@@ -130,15 +129,7 @@ def main(argv=None) -> int:
             )
             print(f"| {name} | {rows[-1]['shape']} | {kind} | {a:.2f} | {b:.2f} | {a / b:.2f} |")
             sys.stdout.flush()
-    if args.json:
-        result = {
-            "command": "python benchmarks/compile_time.py " + " ".join(argv or sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": m,
-            "versions": v,
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    save_result(args.json, "compile_time.py", argv, rows=rows)
     return 0
 
 

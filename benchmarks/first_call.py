@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="fresh processes per side")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args(argv)
-    from pooling import machine, versions
+    from pooling import describe, machine, save_result, versions
 
     runs = {"gapjax": [], "hand-written": []}
     for _ in range(args.runs):
@@ -112,21 +111,12 @@ def main(argv=None) -> int:
         med[s]["after import"] = med[s]["global"] + med[s]["nin pools"]
     m = machine()
     print(f"# first calls in a fresh process (median of {args.runs} runs, seconds)\n")
-    print(f"{m['cpu_model']} ({m['vector_isa']}), {m['cpu_count']} CPUs, jax {versions()['jax']}\n")
+    print(describe(m, versions()) + "\n")
     print("| phase | gapjax | hand-written (jnp, flax) |")
     print("|---|---:|---:|")
     for p in [*phases, "after import"]:
         print(f"| {p} | {med['gapjax'][p]:.2f} | {med['hand-written'][p]:.2f} |")
-    if args.json:
-        result = {
-            "command": "python benchmarks/first_call.py " + " ".join(argv or sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": m,
-            "versions": versions(),
-            "runs": runs,
-            "median_s": med,
-        }
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    save_result(args.json, "first_call.py", argv, runs=runs, median_s=med)
     return 0
 
 

@@ -22,7 +22,6 @@ first. Candidates:
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pooling import DEFAULT_SHAPES, machine, versions
+from pooling import DEFAULT_SHAPES, describe, save_result
 
 from gapjax.pooling import _kernels as K
 
@@ -140,29 +139,19 @@ def main(argv=None) -> int:
                     )
                 line = "  ".join(f"{n}={ms[n]:.3f}{'*' if cands[n][1] else ''}" for n in cands)
                 print(f"{dtype} {layout} {shape}: {line}", flush=True)
-    result = {
-        "command": "python benchmarks/formulations.py " + " ".join(argv or sys.argv[1:]),
-        "machine": machine(),
-        "versions": versions(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rounds": rounds,
-        "rows": rows,
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    result = save_result(args.json, "formulations.py", argv, rounds=rounds, rows=rows)
     if args.md:
         Path(args.md).write_text(markdown(result))
     return 0
 
 
 def markdown(result: dict) -> str:
-    m, v = result["machine"], result["versions"]
     lines = [
         "# CPU formulations of `gapjax.pooling._kernels` against plain `jnp`",
         "",
-        f"`{result['command']}`, {result['date']}; {m.get('cpu_model')} ({m.get('vector_isa')}), "
-        f"{m['cpu_count']} cores; jax {v['jax']}, jaxlib {v['jaxlib']}, numpy {v['numpy']}. "
-        f"ms per call, median of {result['rounds']} interleaved rounds; **bold**: the "
+        f"`{result['command']}`, {result['date']}; "
+        + describe(result["machine"], result["versions"])
+        + f". ms per call, median of {result['rounds']} interleaved rounds; **bold**: the "
         "formulation `_kernels` uses. `max/plain` (`jnp.max`) drops NaN on CPU: it is the speed "
         "to match, not a usable formulation.",
         "",

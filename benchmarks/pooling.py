@@ -510,6 +510,31 @@ def machine() -> dict:
     }
 
 
+def describe(m: dict, v: dict) -> str:
+    """One line naming the machine and the versions, for the tables."""
+    return (
+        f"{m['cpu_model']} ({m['vector_isa']}), {m['cpu_count']} CPUs; python {v['python']}, "
+        f"jax {v['jax']}, jaxlib {v['jaxlib']}, numpy {v['numpy']}, torch {v['torch'] or '-'}"
+    )
+
+
+def save_result(path: str | None, script: str, argv, **fields) -> dict:
+    """The run's record (command, date, machine, versions, then ``fields``), written as JSON
+    to ``path`` when given; returned either way."""
+    result = {
+        "command": f"python benchmarks/{script} "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "versions": versions(),
+        **fields,
+    }
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def check_results(fns: dict, op: str) -> str | None:
     """Compares every JAX competitor's output with jnp's; returns a warning or None."""
     ref = np.asarray(fns["jnp"](), np.float32)
