@@ -18,6 +18,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report_error
 from gapjax.cam import class_activation_maps
 from gapjax.train import load_dataset, load_splits, restore_model
 
@@ -78,12 +79,8 @@ def main() -> int:
         parser.error(f"--images must be at least 1, got {args.images}")
     try:
         print(render(args.workdir, images=args.images, out=args.out))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 74
+    except (OSError, ValueError) as e:
+        return report_error(e)
     return 0
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from experiments import report_error
 from gapjax.train import evaluate, load_dataset, restore_model
 
 
@@ -31,12 +32,8 @@ def main() -> int:
         config.eval_split = "validation" if args.split == "validation" else "test"
         config.max_train_examples = config.max_eval_examples = 0
         data = load_dataset(config)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 74
+    except (OSError, ValueError) as e:
+        return report_error(e)
     if args.split == "train":
         images, labels = data.train_images, data.train_labels
     else:
