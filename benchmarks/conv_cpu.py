@@ -184,14 +184,17 @@ def main(argv=None) -> int:
         "notes": args.note,
     }
     m, v = result["machine"], result["versions"]
-    lines = [
-        "# NIN's convolutions on CPU: gapjax vs lax vs PyTorch",
-        "",
+    setting = (
         f"{m.get('cpu_model')} (family {m.get('cpu_family')} model {m.get('cpu_model_number')}, "
         f"{m.get('vector_isa')}), {m['cpu_count']} CPUs; python {v['python']}, jax {v['jax']}, "
         f"jaxlib {v['jaxlib']}, torch {v['torch']} ({m['torch_threads']} threads); "
         f"{result['date']}. Load average at the start {'/'.join(f'{x:.1f}' for x in load_start)}"
-        f", at the end {'/'.join(f'{x:.1f}' for x in m['load_average_at_end'])}.",
+        f", at the end {'/'.join(f'{x:.1f}' for x in m['load_average_at_end'])}."
+    )
+    lines = [
+        "# NIN's convolutions on CPU: gapjax vs lax vs PyTorch",
+        "",
+        setting,
         "",
         f"Command: `{' '.join(result['command'])}`",
         "",

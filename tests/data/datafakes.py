@@ -202,10 +202,14 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def write_tar(path: Path, files: dict[str, bytes], *, mode="w:gz") -> Path:
-    """A tar archive with the given members (and their folders, as real archives have)."""
+def write_tar(
+    path: Path, files: dict[str, bytes], *, mode="w:gz", folders: tuple[str, ...] | None = None
+) -> Path:
+    """A tar archive with the given members and folder entries: ``folders``, or those of the
+    members (as real archives have)."""
     with tarfile.open(path, mode) as tf:
-        folders = sorted({str(Path(n).parent) for n in files} - {"."})
+        if folders is None:
+            folders = sorted({str(Path(n).parent) for n in files} - {"."})
         for folder in folders:
             info = tarfile.TarInfo(folder)
             info.type = tarfile.DIRTYPE

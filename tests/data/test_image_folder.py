@@ -159,15 +159,8 @@ def test_an_empty_class_folder_in_an_archive_is_an_error_naming_it(tmp_path, rng
     files, _, _, _ = tree(rng, classes=("cat", "zebra"), per_class=(2, 1))
     members = {f"data/{k}": v for k, v in files.items()}
     path = tmp_path / "images.tar"
-    with tarfile.open(path, mode) as tf:
-        for folder in ("data", "data/cat", "data/dog", "data/zebra"):
-            info = tarfile.TarInfo(folder + "/")
-            info.type = tarfile.DIRTYPE
-            tf.addfile(info)
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    folders = ("data/", "data/cat/", "data/dog/", "data/zebra/")
+    write_tar(path, members, mode=mode, folders=folders)
     with pytest.raises(ValueError, match=r"images\.tar:data/dog: the class folder 'dog' holds"):
         load_image_folder(path, root="data")
     # Deleting the only member of a class leaves its folder: rejected the same way.
@@ -177,15 +170,7 @@ def test_an_empty_class_folder_in_an_archive_is_an_error_naming_it(tmp_path, rng
     write_tar(tmp_path / "deleted.tar.gz", kept)  # writes the folders of the members left
     split = load_image_folder(tmp_path / "deleted.tar.gz", root="data")
     assert split.class_names == ("cat",)  # no zebra folder left at all: nothing is renumbered
-    with tarfile.open(tmp_path / "deleted.tar.gz", "w:gz") as tf:
-        for folder in ("data", "data/cat", "data/zebra"):
-            info = tarfile.TarInfo(folder)
-            info.type = tarfile.DIRTYPE
-            tf.addfile(info)
-        for name, data in kept.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    write_tar(tmp_path / "deleted.tar.gz", kept, folders=("data", "data/cat", "data/zebra"))
     with pytest.raises(ValueError, match=r"deleted\.tar\.gz:data/zebra: the class folder"):
         load_image_folder(tmp_path / "deleted.tar.gz", root="data")
 
