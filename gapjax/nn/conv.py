@@ -1,17 +1,16 @@
 """Convolutions that XLA:CPU runs fast: ``conv_general_dilated`` and ``Conv``.
 
 On CPU, XLA (jaxlib 0.10) runs some convolutions far below the speed of a matrix product of
-the same size: a 1x1 convolution's forward pass and gradients (batch 128 at 32x32, 192 -> 160
-channels: 3x and 9x slower), and the weight gradient of a k x k convolution on an image's few
-channels (2x). Those made NIN train several times slower than PyTorch. Here, on CPU only, a
-channels-last convolution takes the formulation that measured fastest
+the same size: a 1x1 convolution's forward pass and gradients, and a k x k convolution on an
+image's few channels. Those made NIN train several times slower than PyTorch. Here, on CPU
+only, a channels-last convolution takes the formulation that measured fastest
 (``benchmarks/conv_cpu.py``, results in ``benchmarks/results/``):
 
 - 1x1 kernels are what they are, a matrix product over the channel axis, forward and both
   gradients (a ``jax.custom_vjp``; strides and padding are slices of the input);
-- k x k kernels on at most 16 input channels keep XLA's forward pass and input gradient, and
-  compute the weight gradient as im2col (the shifted views of the padded input concatenated on
-  the channel axis) times the output gradient;
+- k x k kernels on at most 16 input channels (an image's) are im2col (the shifted views of the
+  padded input concatenated on the channel axis) times the kernel, forward and both gradients
+  from the same patches;
 - k x k kernels on wider inputs keep XLA's convolution, which there beats im2col (writing the
   patches costs more than the products save).
 
@@ -41,10 +40,9 @@ __all__ = ["Conv", "conv_general_dilated"]
 # independent products (one per core and then some); fewer when the rows do not divide.
 _DW_GROUPS = (8, 4, 2)
 _DW_MIN_ROWS = 512  # rows per group below which one product is as good
-# k x k kernels on inputs with at most this many channels (an image's) take XLA's convolution
-# forward and input gradient, and the weight gradient as im2col + products; wider inputs
-# keep XLA's convolution (see _cpu).
-_IM2COL_DW_MAX_IN = 16
+# k x k kernels on inputs with at most this many channels (an image's) are im2col + products,
+# forward and gradients; wider inputs keep XLA's convolution (see _cpu).
+_IM2COL_MAX_IN = 16
 
 
 def conv_general_dilated(
@@ -141,9 +139,9 @@ def _cpu(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
     """The CPU formulation, whatever the platform (for CPU, and for the tests).
 
     Chosen by what measured fastest on XLA:CPU (``benchmarks/conv_cpu.py``): 1x1 kernels are
-    matrix products, forward and both gradients (XLA's convolution is 3-9x slower there);
-    k x k kernels on few input channels (an image's) keep XLA's forward pass and input
-    gradient, and compute the weight gradient as im2col + products (XLA's is 2x slower);
+    matrix products, forward and both gradients (XLA's convolution is much slower there);
+    k x k kernels on few input channels (an image's) are im2col + products, forward and both
+    gradients (XLA's forward and weight gradient are slower there);
     k x k kernels on wider inputs are XLA's convolution, forward and gradients, which beat the
     im2col formulation there (the patches cost more to write than the products they save).
     """
@@ -155,7 +153,7 @@ def _cpu(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
         )
     strides, pads = plan
     precision, preferred = kwargs.get("precision"), kwargs.get("preferred_element_type")
-    if all(k == 1 for k in rhs.shape[:-2]):
+    if all(k == 1 for k in rhs.shape[:-2]) or lhs.shape[-1] <= _IM2COL_MAX_IN:
         return _conv_cpu(
             lhs,
             rhs,
@@ -163,11 +161,6 @@ def _cpu(lhs: jax.Array, rhs: jax.Array, **kwargs) -> jax.Array:
             pads=pads,
             precision=precision,
             preferred_element_type=preferred,
-        )
-    if lhs.shape[-1] <= _IM2COL_DW_MAX_IN:
-        dtype = jnp.result_type(lhs.dtype, rhs.dtype)
-        return _conv_xla_im2col_dw(
-            lhs.astype(dtype), rhs.astype(dtype), strides, pads, precision, preferred
         )
     return _default(lhs, rhs, **kwargs)
 
@@ -333,43 +326,6 @@ def _weight_gradient(cols, g, kernel, precision):
 
 
 _conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
-
-
-def _xla_conv(x, kernel, strides, pads, precision, preferred):
-    n = x.ndim - 2
-    spec = ("N" + "".join(map(str, range(n))) + "C", "".join(map(str, range(n))) + "IO")
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        strides,
-        pads,
-        dimension_numbers=lax.conv_dimension_numbers(x.shape, kernel.shape, (*spec, spec[0])),
-        precision=precision,
-        preferred_element_type=preferred,
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_xla_im2col_dw(x, kernel, strides, pads, precision, preferred):
-    """XLA's convolution whose weight gradient is im2col + products (input gradient: XLA's)."""
-    return _xla_conv(x, kernel, strides, pads, precision, preferred)
-
-
-def _conv_xla_im2col_dw_fwd(x, kernel, strides, pads, precision, preferred):
-    return _xla_conv(x, kernel, strides, pads, precision, preferred), (x, kernel)
-
-
-def _conv_xla_im2col_dw_bwd(strides, pads, precision, preferred, res, g):
-    x, kernel = res
-    if preferred is not None:
-        g = g.astype(kernel.dtype)
-    _, vjp = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads, precision, None), x)
-    (dx,) = vjp(g)
-    cols = _im2col(x, kernel.shape, strides, pads)
-    return dx, _weight_gradient(cols, g, kernel, precision)
-
-
-_conv_xla_im2col_dw.defvjp(_conv_xla_im2col_dw_fwd, _conv_xla_im2col_dw_bwd)
 
 
 class Conv(nnx.Conv):
