@@ -66,9 +66,9 @@ def conv_general_dilated(
     result as ``lax.conv_general_dilated``, so it can be handed to ``nnx.Conv`` as its
     ``conv_general_dilated``. On CPU, channels-last inputs (``lhs`` ``(batch, *spatial, in)``,
     ``rhs`` ``(*kernel, in, out)``) without dilation or feature groups take matrix products
-    where they measured faster (1x1 kernels: forward and both gradients; k x k kernels on at
-    most 16 input channels: the weight gradient; see the module docstring); everything else,
-    and every other backend, is ``lax.conv_general_dilated`` itself.
+    where they measured faster (1x1 kernels, and k x k kernels on at most 16 input channels:
+    forward and both gradients; see the module docstring); everything else, and every other
+    backend, is ``lax.conv_general_dilated`` itself.
 
     Args:
       lhs: the input, ``(batch, *spatial, in)`` for the fast path.
@@ -311,13 +311,12 @@ def _conv_mm_bwd(x_shape, strides, pads, precision, preferred, res, g):
 
 
 def _weight_gradient(cols, g, kernel, precision):
-    """``cols.T @ g`` as the kernel's gradient.
+    """``cols.T @ g`` as the kernel's gradient (g already grouped as cols' rows).
 
     A contraction over every row: as one product XLA:CPU runs it on one core at a time, so one
     product per row group (batched), then a small sum over the groups, accumulated in float32
     for 16-bit inputs.
     """
-    g = g.reshape(*cols.shape[:2], kernel.shape[-1])
     acc = jnp.float32 if jnp.dtype(kernel.dtype).itemsize < 4 else kernel.dtype
     dw = lax.dot_general(
         cols, g, (((1,), (1,)), ((0,), (0,))), precision=precision, preferred_element_type=acc
@@ -335,8 +334,8 @@ class Conv(nnx.Conv):
     ``(*kernel_size, in_features // feature_group_count, out_features)`` and ``bias``), the
     same initialization and results; ``nnx.Conv`` state loads into it and back. Only the
     convolution differs: this module's ``conv_general_dilated``, which on CPU computes 1x1
-    convolutions (forward and gradients) and the weight gradients of k x k convolutions on few
-    channels as matrix products, and elsewhere is ``lax.conv_general_dilated``.
+    convolutions and k x k convolutions on few channels (forward and gradients) as matrix
+    products, and elsewhere is ``lax.conv_general_dilated``.
 
     Args:
       in_features: input channels.

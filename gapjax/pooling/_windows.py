@@ -435,13 +435,6 @@ class Stage:
         reads = [(a, w.src(j)) for a, w, j in zip(self.axes, self.windows, combo, strict=True)]
         return take_taps(x, reads, fill)
 
-    def valid(self, combo: tuple[int, ...], ndim: int) -> np.ndarray | None:
-        """Where tap ``combo`` reads inside the input (None: everywhere)."""
-        masks = [w.src(j) >= 0 for w, j in zip(self.windows, combo, strict=True)]
-        if all(m.all() for m in masks):
-            return None
-        return self.grid([m.astype(np.int64) for m in masks], ndim) == len(masks)
-
     def taps(self, x: jax.Array, fill: Any) -> list[jax.Array]:
         return [self.tap(x, c, fill) for c in self.combos]
 
@@ -500,14 +493,6 @@ class Stage:
         if isinstance(parts[0], tuple):
             return tuple(jnp.concatenate(p, axis=self.axes[k]) for p in zip(*parts, strict=True))
         return jnp.concatenate(parts, axis=self.axes[k])
-
-
-def _region_of(y: jax.Array, axes: tuple[int, ...], region) -> jax.Array:
-    """The part of a stage output ``y`` that ``region`` covers."""
-    for axis, (lo, hi) in zip(axes, region, strict=True):
-        if (lo, hi) != (0, y.shape[axis]):
-            y = lax.slice_in_dim(y, lo, hi, axis=axis)
-    return y
 
 
 def stages(axes: Sequence[int], windows: Sequence[AxisWindows]) -> list[Stage]:
