@@ -262,14 +262,6 @@ def avg_pool(
     x, axes, windows = _setup(
         fn, x, kernel_size, stride, padding, 1, ceil_mode, convention, data_format
     )
-    if divisor_override is not None and (
-        isinstance(divisor_override, bool)
-        or not isinstance(divisor_override, int)
-        or divisor_override <= 0
-    ):
-        raise ValueError(
-            f"{fn}: divisor_override must be a positive int, got {divisor_override!r}."
-        )
     if count_include_pad is None:
         count_include_pad = not isinstance(padding, str)
     empty = empty_result(x, axes, [w.out for w in windows], float_dtype(x.dtype))
