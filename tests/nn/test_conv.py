@@ -1,10 +1,11 @@
 """gapjax.nn.conv: the CPU formulations of the convolution against lax.conv_general_dilated.
 
-The CPU formulation (``conv._cpu``: products for 1x1 kernels, an im2col weight gradient for
-k x k kernels on few channels) and the native one (``conv._default``, what GPU and TPU run)
-are called directly, so both are compared on this CPU-only machine: values, the input and
-kernel gradients, and (through the modules) the bias gradient, in float32 and bfloat16, over
-kernel sizes 1, 3, 5, strides, every padding form MLPConv accepts and 1-3 spatial axes.
+The CPU formulation (``conv._cpu``: products for 1x1 kernels, im2col for k x k kernels on few
+channels, Winograd for 3x3/5x5 on wider ones, tested on its own in test_winograd.py) and the
+native one (``conv._default``, what GPU and TPU run) are called directly, so both are compared
+on this CPU-only machine: values, the input and kernel gradients, and (through the modules) the
+bias gradient, in float32 and bfloat16, over kernel sizes 1, 3, 5, strides, every padding form
+MLPConv accepts and 1-3 spatial axes.
 """
 
 import jax
@@ -107,12 +108,20 @@ def test_public_function_takes_the_cpu_branch_here_and_keeps_native_conv_elsewhe
 
 
 def test_cpu_routing():
-    """1x1 and k x k on few channels: products; k x k on wider inputs: XLA."""
-    one, few, wide = (
-        _args(((8, 8), window, (1, 1), "SAME"), jnp.float32, cin=cin)
-        for window, cin in (((1, 1), 32), ((3, 3), 3), ((3, 3), 32))
+    """1x1 and k x k on few channels: products; 3x3 on wider inputs: Winograd (no
+    convolution either); 7x7 on wider inputs, and stride 2: XLA."""
+    one, few, wide, wide7, strided = (
+        _args(((8, 8), window, strides, "SAME"), jnp.float32, cin=cin)
+        for window, cin, strides in (
+            ((1, 1), 32, (1, 1)),
+            ((3, 3), 3, (1, 1)),
+            ((3, 3), 32, (1, 1)),
+            ((7, 7), 32, (1, 1)),
+            ((3, 3), 32, (2, 2)),
+        )
     )
-    for (x, k, kwargs), conv_fwd, conv_dw in ((one, 0, 0), (few, 0, 0), (wide, 1, 1)):
+    cases = ((one, 0, 0), (few, 0, 0), (wide, 0, 0), (wide7, 1, 1), (strided, 1, 1))
+    for (x, k, kwargs), conv_fwd, conv_dw in cases:
         fwd = jax.jit(lambda x, k, kwargs=kwargs: conv._cpu(x, k, **kwargs))
         dw = jax.jit(jax.grad(lambda k, x, kwargs=kwargs: jnp.sum(conv._cpu(x, k, **kwargs) ** 2)))
         assert fwd.lower(x, k).as_text().count("stablehlo.convolution") == conv_fwd
