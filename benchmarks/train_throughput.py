@@ -993,7 +993,9 @@ def markdown(result: dict) -> str:
             f"Yardstick, same run: jitted `jnp.dot` of two ({y['n']}, {y['n']}) {y['dtype']} "
             f"matrices, {y['ms']:.1f} ms = {y['gflop_per_s']:.1f} GFLOP/s (median). Step "
             f"GFLOP/s count the convolutions' FLOPs only (forward, and both gradients but the "
-            f"first layer's input gradient): {step_flops(1) / 1e9:.3f} GFLOP per image.",
+            f"first layer's input gradient): {step_flops(1) / 1e9:.3f} GFLOP per image, "
+            f"counted as direct convolutions (on CPU gapjax runs conv2 and conv3 as Winograd, "
+            f"with fewer multiplications: an effective rate).",
         ]
     lines += ["", "## Targets (reported, not asserted)", ""]
     for t in result["targets"]:
