@@ -809,16 +809,24 @@ def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
         idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
         default = -1 if floor is not None else st.first_valid(v.ndim)
         best = win = None
+        # lax primitives, not jnp: this loop runs once per tap and region, and jnp's wrappers
+        # cost several times more to trace and linearize.
         for t, combo in enumerate(combos):
             tap = st.tap(v, combo, fill)
             if best is None:
-                best = jnp.full(tap.shape, fill, v.dtype)
-                win = jnp.broadcast_to(jnp.asarray(default, idx_dtype), tap.shape)
-            take = tap > best if largest else tap < best
+                best = lax.full(tap.shape, fill, v.dtype)
+                win = (
+                    lax.broadcast_in_dim(
+                        jnp.asarray(default, idx_dtype), tap.shape, tuple(range(tap.ndim))
+                    )
+                    if np.ndim(default)
+                    else lax.full(tap.shape, default, idx_dtype)
+                )
+            take = lax.gt(tap, best) if largest else lax.lt(tap, best)
             if floating:
-                take = take | jnp.isnan(tap)
-            best = jnp.where(take, tap, best)
-            win = jnp.where(take, jnp.asarray(t, idx_dtype), win)
+                take = lax.bitwise_or(take, lax.ne(tap, tap))
+            best = lax.select(take, tap, best)
+            win = lax.select(take, lax.full(tap.shape, t, idx_dtype), win)
         if floor is not None:
             edge = jnp.asarray(floor, best.dtype)
             best = jnp.where(best < edge if largest else best > edge, edge, best)
@@ -928,6 +936,7 @@ def _scatter_back(
         originals = [p[1] for p in parts]
 
         def phase_sum(st, _, originals=originals):
+            # lax primitives, not jnp: traced once per tap and region (see _xla_select).
             total = None
             for tcombo in st.combos:
                 gv = st.tap(g, tcombo, 0)
@@ -935,8 +944,9 @@ def _scatter_back(
                     j = [orig[c] for orig, c in zip(originals, tcombo, strict=True)]
                     t = sum(jj * math.prod(sizes[i + 1 :]) for i, jj in enumerate(j))
                     wv = st.tap(win, tcombo, -1)
-                    gv = jnp.where(wv == t, gv, 0)
-                total = gv if total is None else total + gv
+                    hit = lax.eq(wv, lax.full(wv.shape, t, wv.dtype))
+                    gv = lax.select(hit, gv, lax.full(gv.shape, 0, gv.dtype))
+                total = gv if total is None else lax.add(total, gv)
             return total
 
         results[combo] = tstage.assemble(phase_sum)
