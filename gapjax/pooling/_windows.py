@@ -694,6 +694,21 @@ def _box_select(x: jax.Array, box: _Box, largest: bool, floor: Any):
     return best, win
 
 
+def _whole_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any) -> jax.Array:
+    """The extreme of one window over all the pooled axes (a global pool): XLA's reduce, which
+    costs what ``jnp.max`` does to compile (the variadic reduction that also finds the winner
+    costs about twice as much), made NaN-exact by a test for NaN (XLA:CPU's reduce-max drops
+    NaN)."""
+    x = box.cropped(x)
+    reduce = jnp.max if largest else jnp.min
+    best = reduce(x, axis=box.axes, keepdims=True)
+    best = jnp.where(jnp.any(jnp.isnan(x), axis=box.axes, keepdims=True), jnp.nan, best)
+    if floor is None:
+        return best
+    edge = jnp.asarray(floor, best.dtype)
+    return jnp.where(best < edge if largest else best > edge, edge, best)
+
+
 def _box_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any, want_index: bool):
     """``window_extreme`` by window ops: the value and the winner (for the gradient and the
     indices) one variadic window reduction, the tangent a gather at the winner."""
@@ -703,6 +718,8 @@ def _box_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any, want_index:
 
     @jax.custom_jvp
     def extreme(x):
+        if box.whole(x.shape):
+            return _whole_extreme(x, box, largest, floor)
         if box.spans_an_axis(x.shape):
             # Not ``lax.reduce_window``: XLA rewrites a window over a whole axis as a reduce,
             # which on CPU drops NaN.
@@ -769,14 +786,32 @@ def _identity(dtype, largest: bool):
     return info.min if largest else info.max
 
 
-def _written_out(fn, x: jax.Array) -> Any:
-    """``fn(x)``, written out to memory on CPU.
+def _written_out(values: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """``values``, written out to memory on CPU.
 
     Without this, XLA fuses the computation of a window's winner into every tap of the backward
-    pass that reads it and recomputes it once per tap; a conditional is a fusion
-    boundary XLA keeps (see ``_kernels._unfused``). Other platforms compute ``fn(x)`` as it is.
+    pass that reads it and recomputes it once per tap; a conditional is a fusion boundary XLA
+    keeps (see ``_kernels._unfused``). Its branches only pass the values through: the
+    computation stays outside, so JAX traces it once, where a conditional around it would be
+    traced once per branch and partially evaluated again under ``grad`` (several times the
+    trace time). Other platforms use the values as they are.
     """
-    return lax.platform_dependent(x, cpu=lambda v: _kernels._unfused(fn, v), default=fn)
+
+    def barrier(*vs):
+        flat = vs[0].reshape(-1)
+        return lax.cond(flat[0] > flat[-1], _pass, _negated_twice, *vs)
+
+    return tuple(lax.platform_dependent(*values, cpu=barrier, default=_pass))
+
+
+def _pass(*vs):
+    return vs
+
+
+def _negated_twice(*vs):
+    # The identity, written so that JAX does not see a branch that forwards its operands (it
+    # would drop the conditional, and with it the boundary).
+    return tuple(lax.neg(lax.neg(v)) for v in vs)
 
 
 def _select(
@@ -832,10 +867,7 @@ def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
             best = jnp.where(best < edge if largest else best > edge, edge, best)
         return best, win
 
-    def both(v):
-        return stage.assemble(lambda st, _: scan(st, v))
-
-    return _written_out(both, x)
+    return _written_out(stage.assemble(lambda st, _: scan(st, x)))
 
 
 def _winner_tangent(stage: Stage, t: jax.Array, win: jax.Array) -> jax.Array:

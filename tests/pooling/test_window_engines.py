@@ -147,6 +147,36 @@ def test_windows_over_a_whole_axis_keep_nan(out):
     np.testing.assert_array_equal(W.nchw(g), W.ref_max_grad(x.shape, ri, np.ones(ry.shape)))
 
 
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_one_window_over_every_axis_is_exact(op):
+    # The value of a global window is XLA's reduce plus a NaN test: NaN wins, -inf/+inf-only
+    # windows stay infinite, Caffe's floor clamps them, and the gradient reaches the winner.
+    x = W.ties((2, 3, 7, 6), seed=9)
+    x[0, 1, 4, 2] = np.nan
+    x[1, 2] = -np.inf if op == "max" else np.inf
+    fn = gapjax.max_pool if op == "max" else gapjax.min_pool
+    xl = jnp.asarray(W.nhwc(x))
+    y, i = fn(xl, (7, 6), return_indices=True)
+    flat = x.reshape(2, 3, -1)
+    want = flat.max(-1) if op == "max" else flat.min(-1)
+    np.testing.assert_array_equal(W.nchw(y).reshape(2, 3), want)
+    best = flat.argmax(-1) if op == "max" else flat.argmin(-1)
+    np.testing.assert_array_equal(
+        W.nchw(i).reshape(2, 3), np.where(np.isnan(flat).any(-1), np.isnan(flat).argmax(-1), best)
+    )
+    if op == "max":
+        big = np.finfo(np.float32).max
+        yc = gapjax.max_pool(xl, (7, 6), convention="caffe")
+        np.testing.assert_array_equal(W.nchw(yc).reshape(2, 3), np.where(want < -big, -big, want))
+    clean = np.where(np.isnan(x), 0.0, x).astype(np.float32)
+    g = jax.grad(lambda v: jnp.sum(fn(v, (7, 6))))(jnp.asarray(W.nhwc(clean)))
+    cflat = clean.reshape(2, 3, -1)
+    win = cflat.argmax(-1) if op == "max" else cflat.argmin(-1)
+    want_g = np.zeros_like(cflat)
+    np.put_along_axis(want_g, win[..., None], 1.0, -1)
+    np.testing.assert_array_equal(W.nchw(g), want_g.reshape(x.shape))
+
+
 def _count(jaxpr) -> int:
     """Equations of a jaxpr, those of the jaxprs inside it (jit, custom rules...) included."""
     n = 0
