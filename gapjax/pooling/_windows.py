@@ -435,6 +435,13 @@ class Stage:
         reads = [(a, w.src(j)) for a, w, j in zip(self.axes, self.windows, combo, strict=True)]
         return take_taps(x, reads, fill)
 
+    def reads_padding(self, combo: tuple[int, ...]) -> bool:
+        """Whether tap ``combo`` reads padding (or gathers) for some output."""
+        return any(
+            _tap_plan(w.src(j))[0] != "slice" or _tap_plan(w.src(j))[4:] != (0, 0)
+            for w, j in zip(self.windows, combo, strict=True)
+        )
+
     def taps(self, x: jax.Array, fill: Any) -> list[jax.Array]:
         return [self.tap(x, c, fill) for c in self.combos]
 
@@ -786,22 +793,24 @@ def _identity(dtype, largest: bool):
     return info.min if largest else info.max
 
 
-def _written_out(values: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    """``values``, written out to memory on CPU.
+def _written_out(values: tuple[jax.Array, ...], x: jax.Array) -> tuple[jax.Array, ...]:
+    """``values`` (computed from ``x``), written out to memory on CPU.
 
     Without this, XLA fuses the computation of a window's winner into every tap of the backward
     pass that reads it and recomputes it once per tap; a conditional is a fusion boundary XLA
     keeps (see ``_kernels._unfused``). Its branches only pass the values through: the
     computation stays outside, so JAX traces it once, where a conditional around it would be
     traced once per branch and partially evaluated again under ``grad`` (several times the
-    trace time). Other platforms use the values as they are.
+    trace time). Its predicate reads two cells of the input x, which is already in memory (two
+    cells of a value would make XLA compute their windows apart, in small kernels of their
+    own). Other platforms use the values as they are.
     """
 
-    def barrier(*vs):
-        flat = vs[0].reshape(-1)
+    def barrier(v, *vs):
+        flat = v.reshape(-1)
         return lax.cond(flat[0] > flat[-1], _pass, _negated_twice, *vs)
 
-    return tuple(lax.platform_dependent(*values, cpu=barrier, default=_pass))
+    return tuple(lax.platform_dependent(x, *values, cpu=barrier, default=lambda _, *vs: vs))
 
 
 def _pass(*vs):
@@ -833,41 +842,54 @@ def _select(
 
 
 def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
+    """(extreme, winner), both written out (``_written_out``)."""
+    return _written_out(stage.assemble(lambda st, _: _scan(st, x, largest, floor)), x)
+
+
+def _winner(stage: Stage, x: jax.Array, largest: bool, floor: Any) -> jax.Array:
+    """The winning tap of each window alone, written out (``_written_out``)."""
+    win = stage.assemble(lambda st, _: _scan(st, x, largest, floor)[1])
+    return _written_out((win,), x)[0]
+
+
+def _scan(st: Stage, v: jax.Array, largest: bool, floor: Any):
     """(extreme, winner) by the tap engine from one set of taps: a running scan over the taps
     in row-major order that takes a tap strictly beyond the best so far, or a NaN (so the first
-    extreme, or the last NaN; padding, which reads the identity, never wins)."""
-    fill = _identity(x.dtype, largest)
-    floating = jnp.issubdtype(x.dtype, jnp.floating)
-
-    def scan(st: Stage, v: jax.Array):
-        combos = st.combos
-        idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
-        default = -1 if floor is not None else st.first_valid(v.ndim)
-        best = win = None
-        # lax primitives, not jnp: this loop runs once per tap and region, and jnp's wrappers
-        # cost several times more to trace and linearize.
-        for t, combo in enumerate(combos):
-            tap = st.tap(v, combo, fill)
-            if best is None:
-                best = lax.full(tap.shape, fill, v.dtype)
-                win = (
-                    lax.broadcast_in_dim(
-                        jnp.asarray(default, idx_dtype), tap.shape, tuple(range(tap.ndim))
-                    )
-                    if np.ndim(default)
-                    else lax.full(tap.shape, default, idx_dtype)
-                )
-            take = lax.gt(tap, best) if largest else lax.lt(tap, best)
-            if floating:
-                take = lax.bitwise_or(take, lax.ne(tap, tap))
-            best = lax.select(take, tap, best)
-            win = lax.select(take, lax.full(tap.shape, t, idx_dtype), win)
-        if floor is not None:
-            edge = jnp.asarray(floor, best.dtype)
-            best = jnp.where(best < edge if largest else best > edge, edge, best)
-        return best, win
-
-    return _written_out(stage.assemble(lambda st, _: scan(st, x)))
+    extreme, or the last NaN; padding never wins)."""
+    fill = _identity(v.dtype, largest)
+    floating = jnp.issubdtype(v.dtype, jnp.floating)
+    combos = st.combos
+    idx_dtype = jnp.int8 if len(combos) < 127 else jnp.int32
+    default = -1 if floor is not None else st.first_valid(v.ndim)
+    best = lax.full(st.out_shape(v.shape), fill, v.dtype)
+    if np.ndim(default):
+        win = lax.broadcast_in_dim(
+            jnp.asarray(default, idx_dtype), best.shape, tuple(range(best.ndim))
+        )
+    else:
+        win = lax.full(best.shape, default, idx_dtype)
+    # lax primitives, not jnp: this loop runs once per tap and region, and jnp's wrappers cost
+    # several times more to trace and linearize.
+    for t, combo in enumerate(combos):
+        tap = st.tap(v, combo, fill)
+        value = nan_test = tap
+        if floating and st.reads_padding(combo):
+            # XLA writes out a padded tap that several ops of a fusion read, as a kernel of
+            # its own (a pad opens a branch, so its value is not reused), and merges equal
+            # taps, also those of the extreme (``_extreme``, the same fill): each op here reads
+            # its own tap, with its own fill. The comparison's NaN never takes; the NaN test's
+            # 0 and the select's 1 are read only where the comparison is false.
+            tap = st.tap(v, combo, np.nan)
+            nan_test, value = st.tap(v, combo, 0), st.tap(v, combo, 1)
+        take = lax.gt(tap, best) if largest else lax.lt(tap, best)
+        if floating:
+            take = lax.bitwise_or(take, lax.ne(nan_test, nan_test))
+        best = lax.select(take, value, best)
+        win = lax.select(take, lax.full(best.shape, t, idx_dtype), win)
+    if floor is not None:
+        edge = jnp.asarray(floor, best.dtype)
+        best = jnp.where(best < edge if largest else best > edge, edge, best)
+    return best, win
 
 
 def _winner_tangent(stage: Stage, t: jax.Array, win: jax.Array) -> jax.Array:
@@ -1056,8 +1078,10 @@ def _differentiable_extreme(stage: Stage, largest: bool, floor: Any = None):
     @extreme.defjvp
     def extreme_jvp(primals, tangents):
         (x,), (t,) = primals, tangents
-        best, win, _ = _select(stage, x, largest, floor=floor)
-        return best, _winner_tangent(stage, t, win)
+        # The value from the extreme alone (XLA would otherwise compute the scan twice, once
+        # for each output), the winner from the scan.
+        best = _extreme(stage, x, largest, floor)
+        return best, _winner_tangent(stage, t, _winner(stage, x, largest, floor))
 
     return extreme
 
