@@ -20,11 +20,16 @@ the same maxima, the same sums up to rounding, and, for max, the same winner as 
 of the whole window.
 
 Max/min pooling route the gradient to one winner per window, PyTorch's rule: the first maximum in
-row-major window order, or the last NaN if the window holds any. A custom JVP finds the winning
-tap (an int8 per output) in the same scan as the extreme, and the backward pass is the transpose
-of the tap gathers applied to the cotangent masked by the winner: one fused loop writing the
-gradient, no scatter and no second read of the input (XLA's select-and-scatter is much slower on
-CPU).
+row-major window order, or the last NaN if the window holds any. A custom JVP takes the value
+from the extreme and the winning tap (an int8 per output) from a scan over the taps, and the
+backward pass is the transpose of the tap gathers applied to the cotangent masked by the winner:
+one fused loop writing the gradient, no scatter and no second read of the input (XLA's
+select-and-scatter is much slower on CPU).
+
+Compile time: XLA:CPU compiles each region of the assembled output (interior and borders) as a
+loop nest of its own, which makes small padded windows cost 2-5x flax's ``reduce_window`` to
+compile (benchmarks/compile_time.py); every single-loop formulation measured (taps padded
+one by one, a padded copy, clamped gathers, window reductions) runs 1.5-3x slower.
 
 Large windows (more than ``_BOX_MIN_CELLS`` cells) on plain sliding-window geometry would make
 the taps, and the time to compile them, grow with the kernel: they are one XLA window reduction
@@ -45,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gapjax.pooling import _kernels
 from gapjax.pooling._common import DATA_FORMATS, SettingTypeError
 
 CONVENTIONS = ("pytorch", "caffe")
@@ -1021,21 +1025,60 @@ def _scatter_back(
     return results[()]
 
 
+def _clamped(w: AxisWindows) -> list[np.ndarray] | None:
+    """Per tap, the input position each output reads with positions outside x (or past a short
+    window's end) moved to the nearest cell of the same window; None where that cell is not
+    always one of the window's (a dilated window that starts in the padding, a window with no
+    cell). Reading a window's own cell twice leaves its extreme as it is."""
+    if w.out == 0:
+        return None
+    i = np.arange(w.taps)[:, None]
+    last = w.base + (w.size - 1) * w.dilation
+    pos = np.clip(np.minimum(w.base + i * w.dilation, last), 0, w.length - 1)
+    step = pos - w.base
+    ok = (step % w.dilation == 0) & (step // w.dilation < w.size) & (step >= 0)
+    if not ok.all() or empty_windows(w).any():
+        return None
+    return list(pos)
+
+
+def _read(x: jax.Array, axis: int, pos: np.ndarray) -> jax.Array:
+    """x at positions ``pos`` (in range) along ``axis``: a strided slice where they are one,
+    else a gather."""
+    step = int(pos[1] - pos[0]) if pos.size > 1 else 1
+    if step > 0 and np.array_equal(pos, pos[0] + step * np.arange(pos.size)):
+        return lax.slice_in_dim(x, int(pos[0]), int(pos[-1]) + 1, step, axis)
+    return jnp.take(x, pos, axis=axis, mode="clip")
+
+
 def _extreme(stage: Stage, x: jax.Array, largest: bool, floor: Any = None) -> jax.Array:
     """The extreme of each window only (NaN-propagating maximum/minimum): the fast forward.
     With a ``floor``, values beyond it become it, in the same loop (a separate ``where`` on the
-    output would be a second pass, which XLA does not fuse into the concatenated regions)."""
+    output would be a second pass, which XLA does not fuse into the concatenated regions).
+
+    Where every window's reads can be clamped into the window (``_clamped``: windows without
+    dilation, and most others), the taps read x at the clamped positions: one loop over the
+    whole output, which XLA compiles in about half the time of the regions of
+    ``Stage.assemble`` and runs as fast (benchmarks/window_formulations.py)."""
     fill = _identity(x.dtype, largest)
     op = jnp.maximum if largest else jnp.minimum
 
-    def region(st, _):
-        out = functools.reduce(op, st.taps(x, fill))
+    def finish(out):
         if floor is None:
             return out
         edge = jnp.asarray(floor, out.dtype)
         return jnp.where(out < edge if largest else out > edge, edge, out)
 
-    return stage.assemble(region)
+    clamped = [_clamped(w) for w in stage.windows]
+    if all(c is not None for c in clamped):
+        taps = []
+        for combo in stage.combos:
+            v = x
+            for axis, c, j in zip(stage.axes, clamped, combo, strict=True):
+                v = _read(v, axis, c[j])
+            taps.append(v)
+        return finish(functools.reduce(op, taps))
+    return stage.assemble(lambda st, _: finish(functools.reduce(op, st.taps(x, fill))))
 
 
 def window_extreme(

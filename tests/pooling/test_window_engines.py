@@ -63,6 +63,72 @@ for _name in RERUN:
     globals()[_name.replace("test_", "test_box_", 1)] = _rerun(getattr(W, _name))
 
 
+@pytest.fixture
+def region_taps(monkeypatch):
+    # The forward extreme of small windows reads clamped positions in one loop where it can
+    # (``_windows._clamped``); this sends it to the interior/border regions instead.
+    monkeypatch.setattr(_windows, "_clamped", lambda w: None)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+REGION_RERUN = [
+    "test_max_min_values_indices_and_gradients_match_the_reference",
+    "test_matches_values_recorded_from_pytorch",
+    "test_adaptive_pools_match_the_reference",
+    "test_nan_propagates_and_wins",
+    "test_all_minus_inf_window_points_at_its_first_cell",
+    "test_caffe_clamps_to_flt_max_without_gradient",
+    "test_forward_and_reverse_mode_agree_and_compose_with_vmap",
+]
+for _name in REGION_RERUN:
+    _test = getattr(W, _name)
+    _wrapped = functools.wraps(_test)(lambda *a, _t=_test, **k: _t(*a, **k))
+    _wrapped.pytestmark = [
+        *getattr(_test, "pytestmark", []),
+        pytest.mark.usefixtures("region_taps"),
+    ]
+    globals()[_name.replace("test_", "test_regions_", 1)] = _wrapped
+
+
+@pytest.mark.parametrize(
+    "length,kernel,stride,pad,dilation",
+    [(32, 3, 1, (1, 1), 1), (32, 3, 2, (0, 1), 1), (9, 5, 2, (2, 2), 1), (10, 3, 3, (1, 1), 1)],
+)
+def test_clamped_reads_are_cells_of_the_same_window(length, kernel, stride, pad, dilation):
+    out = _windows.output_length(length, kernel, stride, pad, dilation, True, "caffe")
+    w = _windows.windowed_axis(length, kernel, stride, pad, dilation, out)
+    clamped = _windows._clamped(w)
+    assert clamped is not None
+    for i in range(w.out):
+        cells = {int(w.src(j)[i]) for j in range(w.taps)} - {-1}
+        assert {int(c[i]) for c in clamped} == cells  # every cell read, no other
+
+
+def test_clamping_is_refused_where_it_would_read_another_window():
+    # Dilation 2 from the padding: tap 0 of output 0 reads -1, whose nearest cell 0 is not in
+    # the window {-1, 1, 3}.
+    assert _windows._clamped(_windows.windowed_axis(9, 3, 1, (1, 1), 2, 7)) is None
+    # Caffe's rounding makes a last window outside the input (L=6, k=1, s=2: 4 windows).
+    w = _windows.windowed_axis(6, 1, 2, (0, 0), 1, 4)
+    assert _windows.empty_windows(w).any() and _windows._clamped(w) is None
+    # Adaptive windows of unequal sizes ([0, 3), [2, 6), [5, 8)): a short window's missing tap
+    # repeats its last cell.
+    a = _windows.adaptive_axis(8, 3)
+    want = [[0, 2, 5], [1, 3, 6], [2, 4, 7], [2, 5, 7]]
+    assert [[int(v) for v in c] for c in _windows._clamped(a)] == want
+
+
+def test_small_padded_extreme_is_one_loop_without_pads():
+    jaxpr = str(
+        jax.make_jaxpr(lambda v: gapjax.max_pool(v, 3, stride=1, padding=1))(
+            jnp.zeros((2, 8, 8, 3))
+        )
+    )
+    assert "concatenate" not in jaxpr and " pad[" not in jaxpr
+
+
 def test_box_engine_is_what_the_fixture_selects(box_engine):
     windows = [_windows.windowed_axis(9, 3, 2, (1, 1), 1, 5)]
     assert _windows._large_box(_windows.stages((1,), windows)) is not None
