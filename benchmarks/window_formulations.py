@@ -5,8 +5,8 @@
 The evidence behind the tap engine's regions (``gapjax.pooling._windows``, ``Stage.assemble``):
 a small window that reads padding can be written several ways in pure JAX, and on XLA:CPU none
 found so far both compiles as fast as flax's ``reduce_window`` and runs as fast as the engine.
-For max 3x3/1 pad 1 and NIN's max 3x3/2 (Caffe: one cell of padding at the end), forward only,
-each candidate is timed twice:
+For max 3x3/1 pad 1, NIN's max 3x3/2 (Caffe: one cell of padding at the end) and average 3x3/1
+pad 1, forward only, each candidate is timed twice:
 
   compile  ``jax.jit(f).lower(x).compile()`` on 4x32x32x16 (caches cleared before each; median)
   run      ms per call on 128x32x32x96 float32: interleaved rounds, each a block of 3 calls
@@ -14,12 +14,17 @@ each candidate is timed twice:
 
 Candidates (all give the same values; checked before timing):
 
-  engine        ``gapjax.max_pool``: interior and border regions, each a loop of plain slices
-  flax          flax's ``max_pool`` (``lax.reduce_window``)
+  engine        ``gapjax.max_pool`` / ``avg_pool`` as they are (max: taps read at clamped
+                positions in one loop; average: regions)
+  regions       the tap engine's interior and border regions, each a loop of plain slices
+                (max only: ``_windows._clamped`` switched off)
+  flax          flax's ``max_pool`` / ``avg_pool`` (``lax.reduce_window``)
   tap_pads      one loop over the whole output, every tap a slice padded on its own
   padded_copy   the input padded once (XLA writes the copy), then plain slices
-  clamped       taps gathered at clamped positions (exact for max with unit dilation)
   separable     3 taps along the width, then 3 along the height (two loops, 1-D pads)
+  clamped_mask  (average) taps at clamped positions, set to 0 outside the window by a select
+                with a constant mask
+  clamped_iota  (average) the same, the mask computed from iotas
 """
 
 import argparse
@@ -40,6 +45,7 @@ from jax import lax
 from pooling import describe, machine, save_result, versions
 
 import gapjax
+from gapjax.pooling import _windows
 
 jax.config.update("jax_enable_compilation_cache", False)
 
@@ -95,25 +101,6 @@ def padded_copy(stride, pads):
     return f
 
 
-def clamped(stride, pads):
-    def f(x):
-        out = None
-        for a in range(3):
-            n = x.shape[1]
-            oh = (n + sum(pads[1]) - 3) // stride + 1
-            ih = np.clip(np.arange(oh) * stride + a - pads[1][0], 0, n - 1)
-            xa = jnp.take(x, ih, axis=1)
-            for b in range(3):
-                m = x.shape[2]
-                ow = (m + sum(pads[2]) - 3) // stride + 1
-                iw = np.clip(np.arange(ow) * stride + b - pads[2][0], 0, m - 1)
-                t = jnp.take(xa, iw, axis=2)
-                out = t if out is None else jnp.maximum(out, t)
-        return out
-
-    return f
-
-
 def separable(stride, pads):
     def f(x):
         for axis in (2, 1):
@@ -124,22 +111,111 @@ def separable(stride, pads):
     return f
 
 
+def regions(fn):
+    """fn traced with the clamped reads switched off: the interior/border regions. ``fn`` calls
+    the public function's own code (``__wrapped__``), not its jitted, cached wrapper, whose
+    cache would hand back the program traced with the clamped reads."""
+
+    def f(x):
+        clamped = _windows._clamped
+        _windows._clamped = lambda w: None
+        try:
+            return fn(x)
+        finally:
+            _windows._clamped = clamped
+
+    return f
+
+
+def _clamped_avg(mask_of):
+    """Average 3x3/1 pad 1 from taps at clamped positions, 0 outside the window."""
+
+    def f(x):
+        n_h, n_w = x.shape[1:3]
+        total = None
+        for a in (-1, 0, 1):
+            for b in (-1, 0, 1):
+                t = x
+                for axis, off, n in ((1, a, n_h), (2, b, n_w)):
+                    if off:
+                        idx = np.clip(np.arange(n) + off, 0, n - 1)
+                        t = jnp.take(t, idx, axis=axis, mode="clip")
+                keep = mask_of(a, b, n_h, n_w)
+                if keep is not None:
+                    t = jnp.where(keep, t, jnp.zeros((), t.dtype))
+                total = t if total is None else total + t
+        return total * jnp.asarray(1 / 9, x.dtype)
+
+    return f
+
+
+def _const_mask(a, b, n_h, n_w):
+    mh = (np.arange(n_h) + a >= 0) & (np.arange(n_h) + a < n_h)
+    mw = (np.arange(n_w) + b >= 0) & (np.arange(n_w) + b < n_w)
+    m = mh[:, None] & mw[None, :]
+    return None if m.all() else m[None, :, :, None]
+
+
+def _iota_mask(a, b, n_h, n_w):
+    ih = lax.broadcasted_iota(jnp.int32, (1, n_h, 1, 1), 1)
+    iw = lax.broadcasted_iota(jnp.int32, (1, 1, n_w, 1), 2)
+    conds = [
+        c
+        for c, on in (
+            (ih >= 1, a < 0),
+            (ih < n_h - 1, a > 0),
+            (iw >= 1, b < 0),
+            (iw < n_w - 1, b > 0),
+        )
+        if on
+    ]
+    if not conds:
+        return None
+    m = conds[0]
+    for c in conds[1:]:
+        m = m & c
+    return m
+
+
 def cases():
-    """(name, gapjax fn, flax fn, stride, pads)."""
+    """(name, {formulation: fn})."""
+    one, caffe = {1: (1, 1), 2: (1, 1)}, {1: (0, 1), 2: (0, 1)}
+    raw = gapjax.max_pool.__wrapped__
+    max3 = lambda x: gapjax.max_pool(x, 3, stride=1, padding=1)  # noqa: E731
+    nin = lambda x: gapjax.max_pool(x, 3, stride=2, convention="caffe")  # noqa: E731
     return [
         (
             "max 3x3/1 pad 1",
-            lambda x: gapjax.max_pool(x, 3, stride=1, padding=1),
-            lambda x: linen.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1))),
-            1,
-            {1: (1, 1), 2: (1, 1)},
+            {
+                "engine": max3,
+                "regions": regions(lambda x: raw(x, 3, stride=1, padding=1)),
+                "flax": lambda x: linen.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1))),
+                "tap_pads": tap_pads(1, one),
+                "padded_copy": padded_copy(1, one),
+                "separable": separable(1, one),
+            },
         ),
         (
             "NIN max 3x3/2 (Caffe)",
-            lambda x: gapjax.max_pool(x, 3, stride=2, convention="caffe"),
-            lambda x: linen.max_pool(x, (3, 3), (2, 2), padding=((0, 1), (0, 1))),
-            2,
-            {1: (0, 1), 2: (0, 1)},
+            {
+                "engine": nin,
+                "regions": regions(lambda x: raw(x, 3, stride=2, convention="caffe")),
+                "flax": lambda x: linen.max_pool(x, (3, 3), (2, 2), padding=((0, 1), (0, 1))),
+                "tap_pads": tap_pads(2, caffe),
+                "padded_copy": padded_copy(2, caffe),
+                "separable": separable(2, caffe),
+            },
+        ),
+        (
+            "avg 3x3/1 pad 1",
+            {
+                "engine": lambda x: gapjax.avg_pool(x, 3, stride=1, padding=1),
+                "flax": lambda x: linen.avg_pool(
+                    x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=True
+                ),
+                "clamped_mask": _clamped_avg(_const_mask),
+                "clamped_iota": _clamped_avg(_iota_mask),
+            },
         ),
     ]
 
@@ -166,20 +242,14 @@ def main(argv=None) -> int:
     )
     rows = []
     x = jax.random.normal(jax.random.key(0), LARGE)
-    for name, ours, theirs, stride, pads in cases():
-        fns = {
-            "engine": ours,
-            "flax": theirs,
-            "tap_pads": tap_pads(stride, pads),
-            "padded_copy": padded_copy(stride, pads),
-            "clamped": clamped(stride, pads),
-            "separable": separable(stride, pads),
-        }
-        want = np.asarray(ours(x))
+    for name, fns in cases():
+        want = np.asarray(fns["engine"](x))
         jitted = {}
         for k, f in fns.items():
             jitted[k] = jax.jit(f)
-            np.testing.assert_array_equal(np.asarray(jitted[k](x)), want, err_msg=k)
+            np.testing.assert_allclose(
+                np.asarray(jitted[k](x)), want, rtol=1e-6, atol=1e-6, err_msg=k
+            )
         comp = {
             k: statistics.median(compile_seconds(f, SMALL) for _ in range(5))
             for k, f in fns.items()

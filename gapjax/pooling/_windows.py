@@ -27,9 +27,11 @@ one fused loop writing the gradient, no scatter and no second read of the input 
 select-and-scatter is much slower on CPU).
 
 Compile time: XLA:CPU compiles each region of the assembled output (interior and borders) as a
-loop nest of its own, which makes small padded windows cost 2-5x flax's ``reduce_window`` to
-compile (benchmarks/compile_time.py); every single-loop formulation measured (taps padded
-one by one, a padded copy, clamped gathers, window reductions) runs 1.5-3x slower.
+loop of its own, so regions cost several times flax's ``reduce_window`` to compile. The forward
+extreme of small windows therefore reads clamped positions in one loop where that is exact
+(``_clamped``): a copy of a cell of the same window leaves its extreme unchanged. Sums and the
+winner's scan keep the regions: the single-loop forms tried for them ran slower
+(benchmarks/window_formulations.py, benchmarks/compile_time.py).
 
 Large windows (more than ``_BOX_MIN_CELLS`` cells) on plain sliding-window geometry would make
 the taps, and the time to compile them, grow with the kernel: they are one XLA window reduction
