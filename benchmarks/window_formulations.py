@@ -5,19 +5,20 @@
 The evidence behind the tap engine's regions (``gapjax.pooling._windows``, ``Stage.assemble``):
 a small window that reads padding can be written several ways in pure JAX, and on XLA:CPU none
 found so far both compiles as fast as flax's ``reduce_window`` and runs as fast as the engine.
-For max 3x3/1 pad 1, NIN's max 3x3/2 (Caffe: one cell of padding at the end) and average 3x3/1
-pad 1, forward only, each candidate is timed twice:
+For max 3x3/1 pad 1, NIN's two max 3x3/2 pools (Caffe: one cell of padding at the end) and
+average 3x3/1 pad 1, forward only, each candidate is timed twice:
 
   compile  ``jax.jit(f).lower(x).compile()`` on 4x32x32x16 (caches cleared before each; median)
-  run      ms per call on 128x32x32x96 float32: interleaved rounds, each a block of 3 calls
-           (median over the rounds)
+  run      ms per call on 128x32x32x96 float32 (NIN's second pool: 128x16x16x192):
+           interleaved rounds, each a block of 3 calls (median over the rounds)
 
 Candidates (all give the same values; checked before timing):
 
-  engine        ``gapjax.max_pool`` / ``avg_pool`` as they are (max: taps read at clamped
-                positions in one loop; average: regions)
-  regions       the tap engine's interior and border regions, each a loop of plain slices
-                (max only: ``_windows._clamped`` switched off)
+  engine        ``gapjax.max_pool`` / ``avg_pool`` as they are (max with stride 1: taps read
+                at clamped positions in one loop; strided max and average: regions)
+  clamped       (max) the clamped reads, also for strided windows
+  regions       (max) the tap engine's interior and border regions, each a loop of plain
+                slices (``_windows._clamped`` switched off)
   flax          flax's ``max_pool`` / ``avg_pool`` (``lax.reduce_window``)
   tap_pads      one loop over the whole output, every tap a slice padded on its own
   padded_copy   the input padded once (XLA writes the copy), then plain slices
@@ -114,7 +115,7 @@ def separable(stride, pads):
 def regions(fn):
     """fn traced with the clamped reads switched off: the interior/border regions. ``fn`` calls
     the public function's own code (``__wrapped__``), not its jitted, cached wrapper, whose
-    cache would hand back the program traced with the clamped reads."""
+    cache would hand back the program the engine traced."""
 
     def f(x):
         clamped = _windows._clamped
@@ -123,6 +124,19 @@ def regions(fn):
             return fn(x)
         finally:
             _windows._clamped = clamped
+
+    return f
+
+
+def clamped(fn):
+    """fn traced with the clamped reads used for strided windows too (see ``regions``)."""
+
+    def f(x):
+        _windows._CLAMP_STRIDED = True
+        try:
+            return fn(x)
+        finally:
+            _windows._CLAMP_STRIDED = False
 
     return f
 
@@ -178,36 +192,38 @@ def _iota_mask(a, b, n_h, n_w):
 
 
 def cases():
-    """(name, {formulation: fn})."""
+    """(name, run shape, {formulation: fn})."""
     one, caffe = {1: (1, 1), 2: (1, 1)}, {1: (0, 1), 2: (0, 1)}
     raw = gapjax.max_pool.__wrapped__
-    max3 = lambda x: gapjax.max_pool(x, 3, stride=1, padding=1)  # noqa: E731
-    nin = lambda x: gapjax.max_pool(x, 3, stride=2, convention="caffe")  # noqa: E731
+    max3 = lambda x: raw(x, 3, stride=1, padding=1)  # noqa: E731
+    nin = lambda x: raw(x, 3, stride=2, convention="caffe")  # noqa: E731
+    nin_rows = {
+        "engine": lambda x: gapjax.max_pool(x, 3, stride=2, convention="caffe"),
+        "clamped": clamped(nin),
+        "regions": regions(nin),
+        "flax": lambda x: linen.max_pool(x, (3, 3), (2, 2), padding=((0, 1), (0, 1))),
+        "tap_pads": tap_pads(2, caffe),
+        "padded_copy": padded_copy(2, caffe),
+        "separable": separable(2, caffe),
+    }
     return [
         (
             "max 3x3/1 pad 1",
+            LARGE,
             {
-                "engine": max3,
-                "regions": regions(lambda x: raw(x, 3, stride=1, padding=1)),
+                "engine": lambda x: gapjax.max_pool(x, 3, stride=1, padding=1),
+                "regions": regions(max3),
                 "flax": lambda x: linen.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1))),
                 "tap_pads": tap_pads(1, one),
                 "padded_copy": padded_copy(1, one),
                 "separable": separable(1, one),
             },
         ),
-        (
-            "NIN max 3x3/2 (Caffe)",
-            {
-                "engine": nin,
-                "regions": regions(lambda x: raw(x, 3, stride=2, convention="caffe")),
-                "flax": lambda x: linen.max_pool(x, (3, 3), (2, 2), padding=((0, 1), (0, 1))),
-                "tap_pads": tap_pads(2, caffe),
-                "padded_copy": padded_copy(2, caffe),
-                "separable": separable(2, caffe),
-            },
-        ),
+        ("NIN max 3x3/2 (Caffe), first pool", LARGE, nin_rows),
+        ("NIN max 3x3/2 (Caffe), second pool", (128, 16, 16, 192), nin_rows),
         (
             "avg 3x3/1 pad 1",
+            LARGE,
             {
                 "engine": lambda x: gapjax.avg_pool(x, 3, stride=1, padding=1),
                 "flax": lambda x: linen.avg_pool(
@@ -236,13 +252,13 @@ def main(argv=None) -> int:
     print("# Small padded windows on CPU: compile time against run time (forward)\n")
     print(describe(machine(), versions()) + "\n")
     print(
-        f"compile: s on {'x'.join(map(str, SMALL))} (median of 5); run: ms per call on "
-        f"{'x'.join(map(str, LARGE))} (median of {args.rounds} interleaved rounds of 3 calls); "
+        f"compile: s on {'x'.join(map(str, SMALL))} (median of 5); run: ms per call on the "
+        f"shape named (median of {args.rounds} interleaved rounds of 3 calls); "
         "ratios against flax (compile) and the engine (run).\n"
     )
     rows = []
-    x = jax.random.normal(jax.random.key(0), LARGE)
-    for name, fns in cases():
+    for name, shape, fns in cases():
+        x = jax.random.normal(jax.random.key(0), shape)
         want = np.asarray(fns["engine"](x))
         jitted = {}
         for k, f in fns.items():
@@ -266,13 +282,14 @@ def main(argv=None) -> int:
                     y = jitted[k](x)
                 y.block_until_ready()
                 runs[k].append((time.perf_counter() - t) / 3 * 1e3)
-        print(f"## {name}\n")
+        print(f"## {name}, run on {'x'.join(map(str, shape))}\n")
         print("| formulation | compile s | vs flax | run ms | vs engine |")
         print("|---|---:|---:|---:|---:|")
         run_med = {k: statistics.median(v) for k, v in runs.items()}
         for k in fns:
             row = {
                 "case": name,
+                "run_shape": list(shape),
                 "formulation": k,
                 "compile_s": comp[k],
                 "compile_vs_flax": comp[k] / comp["flax"],

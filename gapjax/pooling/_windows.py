@@ -1044,6 +1044,12 @@ def _clamped(w: AxisWindows) -> list[np.ndarray] | None:
     return list(pos)
 
 
+# Strided windows keep the regions: their clamped reads are gathers whose last index breaks the
+# stride, which ran up to 10% slower on NIN's 3x3/2 pools (16x16x192) for little compile time
+# saved (benchmarks/window_formulations.py).
+_CLAMP_STRIDED = False
+
+
 def _read(x: jax.Array, axis: int, pos: np.ndarray) -> jax.Array:
     """x at positions ``pos`` (in range) along ``axis``: a strided slice where they are one,
     else a gather."""
@@ -1059,8 +1065,8 @@ def _extreme(stage: Stage, x: jax.Array, largest: bool, floor: Any = None) -> ja
     output would be a second pass, which XLA does not fuse into the concatenated regions).
 
     Where every window's reads can be clamped into the window (``_clamped``: windows without
-    dilation, and most others), the taps read x at the clamped positions: one loop over the
-    whole output, which XLA compiles in about half the time of the regions of
+    dilation, and most others) and the stride is 1, the taps read x at the clamped positions:
+    one loop over the whole output, which XLA compiles in about half the time of the regions of
     ``Stage.assemble`` and runs as fast (benchmarks/window_formulations.py)."""
     fill = _identity(x.dtype, largest)
     op = jnp.maximum if largest else jnp.minimum
@@ -1072,7 +1078,8 @@ def _extreme(stage: Stage, x: jax.Array, largest: bool, floor: Any = None) -> ja
         return jnp.where(out < edge if largest else out > edge, edge, out)
 
     clamped = [_clamped(w) for w in stage.windows]
-    if all(c is not None for c in clamped):
+    strided = any((_regular(w) or (1, 0))[0] > 1 for w in stage.windows)
+    if all(c is not None for c in clamped) and (_CLAMP_STRIDED or not strided):
         taps = []
         for combo in stage.combos:
             v = x
