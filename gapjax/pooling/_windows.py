@@ -28,10 +28,10 @@ select-and-scatter is much slower on CPU).
 
 Compile time: XLA:CPU compiles each region of the assembled output (interior and borders) as a
 loop of its own, so regions cost several times flax's ``reduce_window`` to compile. The forward
-extreme of small windows therefore reads clamped positions in one loop where that is exact
-(``_clamped``): a copy of a cell of the same window leaves its extreme unchanged. Sums and the
-winner's scan keep the regions: the single-loop forms tried for them ran slower
-(benchmarks/window_formulations.py, benchmarks/compile_time.py).
+extreme of small windows of stride 1 therefore reads clamped positions in one loop where that
+is exact (``_clamped``): a copy of a cell of the same window leaves its extreme unchanged.
+Sums, strided windows and the winner's scan keep the regions: the single-loop forms tried for
+them ran slower (benchmarks/window_formulations.py, benchmarks/compile_time.py).
 
 Large windows (more than ``_BOX_MIN_CELLS`` cells) on plain sliding-window geometry would make
 the taps, and the time to compile them, grow with the kernel: they are one XLA window reduction
