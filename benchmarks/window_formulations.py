@@ -112,33 +112,30 @@ def separable(stride, pads):
     return f
 
 
-def regions(fn):
-    """fn traced with the clamped reads switched off: the interior/border regions. ``fn`` calls
-    the public function's own code (``__wrapped__``), not its jitted, cached wrapper, whose
-    cache would hand back the program the engine traced."""
+def _traced_with(fn, name: str, value):
+    """fn traced with ``_windows.<name>`` set to value. ``fn`` calls the public function's own
+    code (``__wrapped__``), not its jitted, cached wrapper, whose cache would hand back the
+    program the engine traced."""
 
     def f(x):
-        clamped = _windows._clamped
-        _windows._clamped = lambda w: None
+        saved = getattr(_windows, name)
+        setattr(_windows, name, value)
         try:
             return fn(x)
         finally:
-            _windows._clamped = clamped
+            setattr(_windows, name, saved)
 
     return f
+
+
+def regions(fn):
+    """fn with the clamped reads switched off: the interior/border regions."""
+    return _traced_with(fn, "_clamped", lambda w: None)
 
 
 def clamped(fn):
-    """fn traced with the clamped reads used for strided windows too (see ``regions``)."""
-
-    def f(x):
-        _windows._CLAMP_STRIDED = True
-        try:
-            return fn(x)
-        finally:
-            _windows._CLAMP_STRIDED = False
-
-    return f
+    """fn with the clamped reads used for strided windows too."""
+    return _traced_with(fn, "_CLAMP_STRIDED", True)
 
 
 def _clamped_avg(mask_of):
