@@ -28,18 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import jax.numpy as jnp
-from flax import linen, nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from flax import linen
 from pooling import describe, machine, save_result, versions
 
 import gapjax
 from gapjax.nn import pooling as nn_pooling
-
-try:
-    import configs.nin_cifar10_aug
-except ImportError:  # run from a checkout: the repository root holds gapjax and configs/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import configs.nin_cifar10_aug
 
 jax.config.update("jax_enable_compilation_cache", False)
 
@@ -130,28 +123,19 @@ def _flax_pools():
 
 
 def _train_step_args():
-    """(step, args): ``gapjax.train``'s jitted NIN CIFAR-10 step and abstract arguments."""
-    from gapjax.models import nin
-    from gapjax.train import TrainState, build_model, build_optimizer, make_mesh, make_train_step
+    """(step, args): ``gapjax.train``'s jitted NIN CIFAR-10 step, set up as
+    benchmarks/train_throughput.py times it, and its arguments (the batch abstract)."""
+    from train_throughput import _gapjax_setup, _totals
 
-    config = configs.nin_cifar10_aug.get_config()
-    config.batch_size = STEP_BATCH
-    model = build_model(config)
+    model, step, state, mesh, _ = _gapjax_setup(STEP_BATCH, "float32")
     if list(model.spec.pools) != ["max", "max"]:
         raise ValueError(f"expected NIN CIFAR-10's two max pools, got {model.spec.pools}")
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    _, tx = build_optimizer(config, params, model, 390)
-    mesh = make_mesh()
-    state = TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
-    totals = {k: jnp.zeros((), jnp.float32) for k in ("loss", "correct", "count")}
-    side = nin.SPECS[config.model].input_shape
+    side = model.spec.input_shape
     batch = {
         "images": jax.ShapeDtypeStruct((STEP_BATCH, *side), jnp.float32),
         "labels": jax.ShapeDtypeStruct((STEP_BATCH,), jnp.int32),
     }
-    step = make_train_step(graphdef, tx, config, NamedSharding(mesh, PartitionSpec("data")))
-    return step, (state, totals, batch, jax.random.key(0))
+    return step, (state, _totals(mesh), batch, jax.random.key(0))
 
 
 def step_compile_seconds(step, args, flax_pools: bool) -> float:

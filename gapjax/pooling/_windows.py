@@ -443,10 +443,8 @@ class Stage:
 
     def reads_padding(self, combo: tuple[int, ...]) -> bool:
         """Whether tap ``combo`` reads padding (or gathers) for some output."""
-        return any(
-            _tap_plan(w.src(j))[0] != "slice" or _tap_plan(w.src(j))[4:] != (0, 0)
-            for w, j in zip(self.windows, combo, strict=True)
-        )
+        plans = [_tap_plan(w.src(j)) for w, j in zip(self.windows, combo, strict=True)]
+        return any(p[0] != "slice" or p[4:] != (0, 0) for p in plans)
 
     def taps(self, x: jax.Array, fill: Any) -> list[jax.Array]:
         return [self.tap(x, c, fill) for c in self.combos]
@@ -707,6 +705,15 @@ def _box_select(x: jax.Array, box: _Box, largest: bool, floor: Any):
     return best, win
 
 
+def _to_floor(best: jax.Array, largest: bool, floor: Any) -> jax.Array:
+    """``best`` with values beyond ``floor`` (Caffe's -FLT_MAX for max) set to it; as is for no
+    floor."""
+    if floor is None:
+        return best
+    edge = jnp.asarray(floor, best.dtype)
+    return jnp.where(best < edge if largest else best > edge, edge, best)
+
+
 def _whole_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any) -> jax.Array:
     """The extreme of one window over all the pooled axes (a global pool): XLA's reduce, which
     costs what ``jnp.max`` does to compile (the variadic reduction that also finds the winner
@@ -716,10 +723,7 @@ def _whole_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any) -> jax.Ar
     reduce = jnp.max if largest else jnp.min
     best = reduce(x, axis=box.axes, keepdims=True)
     best = jnp.where(jnp.any(jnp.isnan(x), axis=box.axes, keepdims=True), jnp.nan, best)
-    if floor is None:
-        return best
-    edge = jnp.asarray(floor, best.dtype)
-    return jnp.where(best < edge if largest else best > edge, edge, best)
+    return _to_floor(best, largest, floor)
 
 
 def _box_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any, want_index: bool):
@@ -737,11 +741,7 @@ def _box_extreme(x: jax.Array, box: _Box, largest: bool, floor: Any, want_index:
             # Not ``lax.reduce_window``: XLA rewrites a window over a whole axis as a reduce,
             # which on CPU drops NaN.
             return _box_select(x, box, largest, floor)[0]
-        best = _box_value(x, box, largest)
-        if floor is None:
-            return best
-        edge = jnp.asarray(floor, best.dtype)
-        return jnp.where(best < edge if largest else best > edge, edge, best)
+        return _to_floor(_box_value(x, box, largest), largest, floor)
 
     @extreme.defjvp
     def extreme_jvp(primals, tangents):
@@ -843,13 +843,8 @@ def _select(
     the input, where PyTorch starts its scan. With a ``floor`` (Caffe's -FLT_MAX), the extreme is
     clamped to it and a window whose taps all lie beyond it has no winner (-1: no gradient).
     """
-    best, win = _xla_select(stage, x, largest, floor)
+    best, win = _written_out(stage.assemble(lambda st, _: _scan(st, x, largest, floor)), x)
     return best, win, [_pick(stage, p, win) for p in payloads]
-
-
-def _xla_select(stage: Stage, x: jax.Array, largest: bool, floor: Any):
-    """(extreme, winner), both written out (``_written_out``)."""
-    return _written_out(stage.assemble(lambda st, _: _scan(st, x, largest, floor)), x)
 
 
 def _winner(stage: Stage, x: jax.Array, largest: bool, floor: Any) -> jax.Array:
@@ -892,10 +887,7 @@ def _scan(st: Stage, v: jax.Array, largest: bool, floor: Any):
             take = lax.bitwise_or(take, lax.ne(nan_test, nan_test))
         best = lax.select(take, value, best)
         win = lax.select(take, lax.full(best.shape, t, idx_dtype), win)
-    if floor is not None:
-        edge = jnp.asarray(floor, best.dtype)
-        best = jnp.where(best < edge if largest else best > edge, edge, best)
-    return best, win
+    return _to_floor(best, largest, floor), win
 
 
 def _winner_tangent(stage: Stage, t: jax.Array, win: jax.Array) -> jax.Array:
@@ -996,7 +988,7 @@ def _scatter_back(
         originals = [p[1] for p in parts]
 
         def phase_sum(st, _, originals=originals):
-            # lax primitives, not jnp: traced once per tap and region (see _xla_select).
+            # lax primitives, not jnp: traced once per tap and region (see _scan).
             total = None
             for tcombo in st.combos:
                 gv = st.tap(g, tcombo, 0)
@@ -1034,9 +1026,9 @@ def _clamped(w: AxisWindows) -> list[np.ndarray] | None:
     cell). Reading a window's own cell twice leaves its extreme as it is."""
     if w.out == 0:
         return None
-    i = np.arange(w.taps)[:, None]
+    j = np.arange(w.taps)[:, None]
     last = w.base + (w.size - 1) * w.dilation
-    pos = np.clip(np.minimum(w.base + i * w.dilation, last), 0, w.length - 1)
+    pos = np.clip(np.minimum(w.base + j * w.dilation, last), 0, w.length - 1)
     step = pos - w.base
     ok = (step % w.dilation == 0) & (step // w.dilation < w.size) & (step >= 0)
     if not ok.all() or empty_windows(w).any():
@@ -1050,15 +1042,6 @@ def _clamped(w: AxisWindows) -> list[np.ndarray] | None:
 _CLAMP_STRIDED = False
 
 
-def _read(x: jax.Array, axis: int, pos: np.ndarray) -> jax.Array:
-    """x at positions ``pos`` (in range) along ``axis``: a strided slice where they are one,
-    else a gather."""
-    step = int(pos[1] - pos[0]) if pos.size > 1 else 1
-    if step > 0 and np.array_equal(pos, pos[0] + step * np.arange(pos.size)):
-        return lax.slice_in_dim(x, int(pos[0]), int(pos[-1]) + 1, step, axis)
-    return jnp.take(x, pos, axis=axis, mode="clip")
-
-
 def _extreme(stage: Stage, x: jax.Array, largest: bool, floor: Any = None) -> jax.Array:
     """The extreme of each window only (NaN-propagating maximum/minimum): the fast forward.
     With a ``floor``, values beyond it become it, in the same loop (a separate ``where`` on the
@@ -1070,24 +1053,20 @@ def _extreme(stage: Stage, x: jax.Array, largest: bool, floor: Any = None) -> ja
     ``Stage.assemble`` and runs as fast (benchmarks/window_formulations.py)."""
     fill = _identity(x.dtype, largest)
     op = jnp.maximum if largest else jnp.minimum
-
-    def finish(out):
-        if floor is None:
-            return out
-        edge = jnp.asarray(floor, out.dtype)
-        return jnp.where(out < edge if largest else out > edge, edge, out)
-
     clamped = [_clamped(w) for w in stage.windows]
     strided = any((_regular(w) or (1, 0))[0] > 1 for w in stage.windows)
     if all(c is not None for c in clamped) and (_CLAMP_STRIDED or not strided):
-        taps = []
-        for combo in stage.combos:
-            v = x
-            for axis, c, j in zip(stage.axes, clamped, combo, strict=True):
-                v = _read(v, axis, c[j])
-            taps.append(v)
-        return finish(functools.reduce(op, taps))
-    return stage.assemble(lambda st, _: finish(functools.reduce(op, st.taps(x, fill))))
+        # Every position is inside x: ``take_taps`` reads each tap as slices or gathers, no pad.
+        taps = [
+            take_taps(
+                x, [(a, c[j]) for a, c, j in zip(stage.axes, clamped, combo, strict=True)], fill
+            )
+            for combo in stage.combos
+        ]
+        return _to_floor(functools.reduce(op, taps), largest, floor)
+    return stage.assemble(
+        lambda st, _: _to_floor(functools.reduce(op, st.taps(x, fill)), largest, floor)
+    )
 
 
 def window_extreme(
